@@ -1,0 +1,141 @@
+// LSTM chunk forward/backward on the CPU.
+//   forward, t = 1..T:  pre_t = xproj_t + h_{t-1} W_hh^T (one GEMM per step), then the
+//     fused pointwise step (cells.h: lstm_forward_point) writes gates_t, c_t, h_t.
+//   backward, t = T..1: the fused pointwise step (lstm_backward_point) turns
+//     grad_output_t + carry_h and carry_c into grad_pre_t and the new carry_c;
+//     carry_h = grad_pre_t W_hh. grad_W_hh = sum_t grad_pre_t^T h_{t-1} (one GEMM).
+#include <torch/library.h>
+
+#include "../cells.h"
+#include "common.h"
+
+namespace tbptt::cpu {
+namespace {
+
+template <typename T>
+struct LSTMForwardRows {
+  T* gates;         // [B, 4H]: pre-activations in, activated gates out
+  const T* c_prev;  // [B, H]
+  T* c;             // [B, H]
+  T* h;             // [B, H]
+  int64_t H;
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void lstm_forward_rows(const LSTMForwardRows<T>& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* __restrict__ gi = p.gates + b * 4 * H;
+    T* __restrict__ gf = gi + H;
+    T* __restrict__ gg = gi + 2 * H;
+    T* __restrict__ go = gi + 3 * H;
+    const T* __restrict__ c_prev = p.c_prev + b * H;
+    T* __restrict__ c = p.c + b * H;
+    T* __restrict__ h = p.h + b * H;
+    for (int64_t j = 0; j < H; ++j) lstm_forward_point(gi[j], gf[j], gg[j], go[j], c_prev[j], c[j], h[j]);
+  }
+}
+TBPTT_CPU_ROW_LOOP(lstm_forward_rows, LSTMForwardRows)
+
+template <typename T>
+struct LSTMBackwardRows {
+  const T* grad_output;  // [B, H] at step t
+  const T* carry_h;      // [B, H] dL/dh_t through step t+1
+  T* carry_c;            // [B, H] dL/dc_t in, dL/dc_{t-1} out
+  const T* gates;        // [B, 4H] activated
+  const T* c;            // [B, H] c_t
+  const T* c_prev;       // [B, H] c_{t-1}
+  T* grad_pre;           // [B, 4H] out
+  int64_t H;
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void lstm_backward_rows(const LSTMBackwardRows<T>& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* __restrict__ go = p.grad_output + b * H;
+    const T* __restrict__ ch = p.carry_h + b * H;
+    T* __restrict__ cc = p.carry_c + b * H;
+    const T* __restrict__ g = p.gates + b * 4 * H;
+    const T* __restrict__ c = p.c + b * H;
+    const T* __restrict__ c_prev = p.c_prev + b * H;
+    T* __restrict__ d = p.grad_pre + b * 4 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      lstm_backward_point(go[j] + ch[j], cc[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], c[j], c_prev[j],
+                          d[j], d[H + j], d[2 * H + j], d[3 * H + j], cc[j]);
+    }
+  }
+}
+TBPTT_CPU_ROW_LOOP(lstm_backward_rows, LSTMBackwardRows)
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_forward_cpu(
+    const at::Tensor& xproj_in, const at::Tensor& w_hh, const at::Tensor& h0_in, const at::Tensor& c0_in) {
+  constexpr const char* op = "tbptt_ext::lstm_chunk_forward";
+  auto [T, B, H] = check_chunk_args(op, "xproj", xproj_in, 4, w_hh, 4, h0_in);
+  check_cpu_dtype(op, xproj_in);
+  check_same(op, "c0", c0_in, h0_in.sizes(), h0_in);
+  const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const at::Tensor w_t = w_hh.t();
+  at::Tensor output = at::empty({T, B, H}, xproj.options());
+  at::Tensor cell = at::empty({T, B, H}, xproj.options());
+  at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_chunk_forward_cpu", [&] {
+    at::Tensor h_prev = h0, c_prev = c0;
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor gates_t = gates.select(0, t), c_t = cell.select(0, t), h_t = output.select(0, t);
+      at::addmm_out(gates_t, xproj.select(0, t), h_prev, w_t);
+      lstm_forward_rows_parallel<scalar_t>({gates_t.data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+                                            c_t.data_ptr<scalar_t>(), h_t.data_ptr<scalar_t>(), H},
+                                           B, 4 * H);
+      h_prev = h_t;
+      c_prev = c_t;
+    }
+  });
+  at::Tensor h_n = T > 0 ? output.select(0, T - 1).clone() : h0.clone();
+  at::Tensor c_n = T > 0 ? cell.select(0, T - 1).clone() : c0.clone();
+  return {output, h_n, c_n, gates, cell};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_cpu(
+    const at::Tensor& grad_output_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& output_in, const at::Tensor& gates_in, const at::Tensor& cell_in, const at::Tensor& w_hh,
+    const at::Tensor& h0_in, const at::Tensor& c0_in) {
+  constexpr const char* op = "tbptt_ext::lstm_chunk_backward";
+  auto [T, B, H] = check_chunk_args(op, "gates", gates_in, 4, w_hh, 4, h0_in);
+  check_cpu_dtype(op, gates_in);
+  check_same(op, "output", output_in, {T, B, H}, h0_in);
+  check_same(op, "grad_output", grad_output_in, {T, B, H}, h0_in);
+  check_same(op, "cell", cell_in, {T, B, H}, h0_in);
+  check_same(op, "c0", c0_in, h0_in.sizes(), h0_in);
+  check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
+  check_same(op, "grad_c_n", grad_c_n, h0_in.sizes(), h0_in);
+  const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
+                   gates = gates_in.contiguous(), cell = cell_in.contiguous(), h0 = h0_in.contiguous(),
+                   c0 = c0_in.contiguous();
+  at::Tensor grad_xproj = at::empty({T, B, 4 * H}, gates.options());
+  at::Tensor carry_h = grad_h_n.contiguous().clone();
+  at::Tensor carry_c = grad_c_n.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_chunk_backward_cpu", [&] {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      at::Tensor grad_pre = grad_xproj.select(0, t);
+      const at::Tensor c_prev = t > 0 ? cell.select(0, t - 1) : c0;
+      lstm_backward_rows_parallel<scalar_t>(
+          {grad_output.select(0, t).const_data_ptr<scalar_t>(), carry_h.const_data_ptr<scalar_t>(),
+           carry_c.data_ptr<scalar_t>(), gates.select(0, t).const_data_ptr<scalar_t>(),
+           cell.select(0, t).const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+           grad_pre.data_ptr<scalar_t>(), H},
+          B, 4 * H);
+      at::mm_out(carry_h, grad_pre, w_hh);
+    }
+  });
+  return {grad_xproj, carry_h, carry_c, recurrent_weight_grad(grad_xproj, h0, output)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tbptt_ext, CPU, m) {
+  m.impl("lstm_chunk_forward", &lstm_chunk_forward_cpu);
+  m.impl("lstm_chunk_backward", &lstm_chunk_backward_cpu);
+}
+
+}  // namespace tbptt::cpu

@@ -1,0 +1,101 @@
+"""Build of tbptt_ext: CPU kernels always, CUDA kernels when possible.
+
+TBPTT_EXT_BUILD_CUDA: unset = build the CUDA sources when torch is a CUDA build
+and nvcc is found (CUDA_HOME, else /usr/local/cuda, else nvcc on PATH); "0" =
+CPU only; "1" = CUDA or a clear error. No GPU is needed to build: without one and
+without TORCH_CUDA_ARCH_LIST the kernels are built for sm_80 and sm_90.
+MAX_JOBS limits parallel compile jobs (ninja).
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_cuda_home():
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return None
+
+
+def want_cuda():
+    import torch
+
+    flag = os.environ.get("TBPTT_EXT_BUILD_CUDA", "").strip()
+    if flag not in ("", "0", "1"):
+        sys.exit(f"TBPTT_EXT_BUILD_CUDA must be 0, 1 or unset, got {flag!r}")
+    if flag == "0":
+        return False, None
+    cuda_home = find_cuda_home()
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append(f"the installed torch {torch.__version__} is not a CUDA build")
+    if cuda_home is None:
+        reasons.append("nvcc was not found (set CUDA_HOME, or install it at /usr/local/cuda or on PATH)")
+    if reasons:
+        if flag == "1":
+            sys.exit("TBPTT_EXT_BUILD_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(reasons))
+        return False, None
+    return True, cuda_home
+
+
+def extensions():
+    use_cuda, cuda_home = want_cuda()
+    if use_cuda:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    sources = [os.path.relpath(p, ROOT) for p in ["csrc/register.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
+    if not use_cuda:
+        print("tbptt_ext: building the CPU kernels only", flush=True)
+        return [CppExtension("tbptt_ext._C", sources, extra_compile_args={"cxx": cxx_flags})]
+    cuda_sources = sorted(
+        os.path.relpath(p, ROOT)
+        for pattern in ("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
+        for p in glob.glob(f"{ROOT}/{pattern}")
+    )
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    print(
+        f"tbptt_ext: building CPU and CUDA kernels with {cuda_home} for "
+        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)')}",
+        flush=True,
+    )
+    return [
+        CUDAExtension(
+            "tbptt_ext._C",
+            sources + cuda_sources,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+        )
+    ]
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+setup(
+    name="tbptt_ext",
+    version="0.1.0",
+    description="Fused RNN/LSTM/GRU chunk kernels for truncated backpropagation through time",
+    packages=find_packages(include=["tbptt_ext", "tbptt_ext.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": build_ext_class()},
+    python_requires=">=3.9",
+    install_requires=["torch"],
+    extras_require={"test": ["pytest"], "bench": ["matplotlib"], "examples": ["tqdm"]},
+)

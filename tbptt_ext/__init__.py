@@ -1,0 +1,18 @@
+"""tbptt_ext: fused RNN/LSTM/GRU chunk kernels for truncated backpropagation through time."""
+
+from . import reference
+from ._ops import compiled_backends
+from .functions import GRUChunk, LSTMChunk, RNNChunk
+from .modules import GRU, LSTM, RNN
+
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNChunk",
+    "LSTMChunk",
+    "GRUChunk",
+    "compiled_backends",
+    "reference",
+]
+__version__ = "0.1.0"
