@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__CUDACC__)
 #define TBPTT_HD __host__ __device__ __forceinline__
@@ -22,7 +21,7 @@ namespace tbptt {
 #if !defined(__CUDA_ARCH__)
 // exp(x) for float, written so that gcc vectorises loops that call it.
 inline __attribute__((always_inline)) float exp_vectorizable(float x) {
-  x = x < -87.0f ? -87.0f : x;
+  x = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal float
   x = x > 88.0f ? 88.0f : x;
   // n = round(x / ln 2), by the 1.5 * 2^23 trick (exact for |n| < 2^22).
   const float shifter = 12582912.0f;
@@ -41,9 +40,7 @@ inline __attribute__((always_inline)) float exp_vectorizable(float x) {
   p = p * r + 1.0f;
   // 2^n from the exponent bits.
   int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, bits);
 }
 #endif
 

@@ -1,5 +1,5 @@
 // GRU chunk forward/backward on the CPU.
-//   forward, t = 1..T:  hp_t = h_{t-1} W_hh^T + b_hh (one GEMM per step), then the fused
+//   forward, t = 1..T:  hp_t = h_{t-1} W_hh^T + b_hh (one matmul per step), then the fused
 //     pointwise step (cells.h: gru_forward_point) with xproj_t writes r, z, n, hp_n and h_t.
 //   backward, t = T..1: the fused pointwise step (gru_backward_point) gives grad_xproj_t,
 //     grad_hp_t and z * dh; carry = z * dh + grad_hp_t W_hh.
@@ -8,6 +8,7 @@
 
 #include "../cells.h"
 #include "common.h"
+#include "recurrent_matmul.h"
 
 namespace tbptt::cpu {
 namespace {
@@ -31,6 +32,7 @@ inline __attribute__((always_inline)) void gru_forward_rows(const GRUForwardRows
     const T* __restrict__ h_prev = p.h_prev + b * H;
     T* __restrict__ g = p.gates + b * 4 * H;
     T* __restrict__ h = p.h + b * H;
+    TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       gru_forward_point(x[j], x[H + j], x[2 * H + j], hp[j], hp[H + j], hp[2 * H + j], h_prev[j], g[j],
                         g[H + j], g[2 * H + j], h[j]);
@@ -61,6 +63,7 @@ inline __attribute__((always_inline)) void gru_backward_rows(const GRUBackwardRo
     const T* __restrict__ h_prev = p.h_prev + b * H;
     T* __restrict__ dx = p.grad_xproj + b * 3 * H;
     T* __restrict__ dhp = p.grad_hp + b * 3 * H;
+    TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       gru_backward_point(go[j] + carry[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], h_prev[j], dx[j],
                          dx[H + j], dx[2 * H + j], dhp[j], dhp[H + j], dhp[2 * H + j], carry[j]);
@@ -78,23 +81,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
   check_cpu_dtype(op, xproj_in);
   if (b_hh.has_value()) check_same(op, "b_hh", *b_hh, {3 * H}, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_t = w_hh.t().contiguous();  // [H, 3H]: h_{t-1} [B, H] times this
+  const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
   at::Tensor hp = at::empty({B, 3 * H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_chunk_forward_cpu", [&] {
-    at::Tensor h_prev = h0;
+    const scalar_t* x = xproj.const_data_ptr<scalar_t>();
+    const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* hp_p = hp.data_ptr<scalar_t>();
+    scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    scalar_t* out_p = output.data_ptr<scalar_t>();
+    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_t = output.select(0, t);
-      if (b_hh.has_value()) {
-        at::addmm_out(hp, *b_hh, h_prev, w_t);
-      } else {
-        at::mm_out(hp, h_prev, w_t);
-      }
-      gru_forward_rows_parallel<scalar_t>({xproj.select(0, t).const_data_ptr<scalar_t>(),
-                                           hp.const_data_ptr<scalar_t>(), h_prev.const_data_ptr<scalar_t>(),
-                                           gates.select(0, t).data_ptr<scalar_t>(), h_t.data_ptr<scalar_t>(), H},
-                                          B, 4 * H);
+      scalar_t* h_t = out_p + t * step;
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, bias_p, 0, hp_p);
+      gru_forward_rows_parallel<scalar_t>({x + 3 * t * step, hp_p, h_prev, gates_p + 4 * t * step, h_t, H}, B,
+                                          4 * H);
       h_prev = h_t;
     }
   });
@@ -104,28 +108,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n, const at::Tensor& output_in,
-    const at::Tensor& gates_in, const at::Tensor& w_hh, const at::Tensor& h0_in) {
+    const at::Tensor& gates_in, const at::Tensor& w_hh_in, const at::Tensor& h0_in) {
   constexpr const char* op = "tbptt_ext::gru_chunk_backward";
-  auto [T, B, H] = check_chunk_args(op, "output", output_in, 1, w_hh, 3, h0_in);
+  auto [T, B, H] = check_chunk_args(op, "output", output_in, 1, w_hh_in, 3, h0_in);
   check_cpu_dtype(op, output_in);
   check_same(op, "gates", gates_in, {T, B, 4 * H}, h0_in);
   check_same(op, "grad_output", grad_output_in, {T, B, H}, h0_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   gates = gates_in.contiguous(), h0 = h0_in.contiguous();
+                   gates = gates_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor grad_hp = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_chunk_backward_cpu", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* out_p = output.const_data_ptr<scalar_t>();
+    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0.const_data_ptr<scalar_t>();
+    scalar_t* grad_x_p = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* grad_hp_p = grad_hp.data_ptr<scalar_t>();
+    scalar_t* carry_p = carry.data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const at::Tensor h_prev = t > 0 ? output.select(0, t - 1) : h0;
-      at::Tensor grad_hp_t = grad_hp.select(0, t);
-      gru_backward_rows_parallel<scalar_t>(
-          {grad_output.select(0, t).const_data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(),
-           gates.select(0, t).const_data_ptr<scalar_t>(), h_prev.const_data_ptr<scalar_t>(),
-           grad_xproj.select(0, t).data_ptr<scalar_t>(), grad_hp_t.data_ptr<scalar_t>(), H},
-          B, 4 * H);
-      carry.addmm_(grad_hp_t, w_hh);
+      scalar_t* grad_hp_t = grad_hp_p + 3 * t * step;
+      gru_backward_rows_parallel<scalar_t>({go + t * step, carry_p, gates_p + 4 * t * step,
+                                            t > 0 ? out_p + (t - 1) * step : h0_p, grad_x_p + 3 * t * step,
+                                            grad_hp_t, H},
+                                           B, 4 * H);
+      recurrent_matmul<scalar_t>(grad_hp_t, B, w_hh, carry_p, H, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_hp, h0, output), grad_hp.sum(at::IntArrayRef{0, 1})};

@@ -1,13 +1,14 @@
 // LSTM chunk forward/backward on the CPU.
-//   forward, t = 1..T:  pre_t = xproj_t + h_{t-1} W_hh^T (one GEMM per step), then the
+//   forward, t = 1..T:  pre_t = xproj_t + h_{t-1} W_hh^T (one matmul per step), then the
 //     fused pointwise step (cells.h: lstm_forward_point) writes gates_t, c_t, h_t.
 //   backward, t = T..1: the fused pointwise step (lstm_backward_point) turns
 //     grad_output_t + carry_h and carry_c into grad_pre_t and the new carry_c;
-//     carry_h = grad_pre_t W_hh. grad_W_hh = sum_t grad_pre_t^T h_{t-1} (one GEMM).
+//     carry_h = grad_pre_t W_hh (one matmul per step). grad_W_hh = sum_t grad_pre_t^T h_{t-1} (one GEMM).
 #include <torch/library.h>
 
 #include "../cells.h"
 #include "common.h"
+#include "recurrent_matmul.h"
 
 namespace tbptt::cpu {
 namespace {
@@ -32,6 +33,7 @@ inline __attribute__((always_inline)) void lstm_forward_rows(const LSTMForwardRo
     const T* __restrict__ c_prev = p.c_prev + b * H;
     T* __restrict__ c = p.c + b * H;
     T* __restrict__ h = p.h + b * H;
+    TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) lstm_forward_point(gi[j], gf[j], gg[j], go[j], c_prev[j], c[j], h[j]);
   }
 }
@@ -60,6 +62,7 @@ inline __attribute__((always_inline)) void lstm_backward_rows(const LSTMBackward
     const T* __restrict__ c = p.c + b * H;
     const T* __restrict__ c_prev = p.c_prev + b * H;
     T* __restrict__ d = p.grad_pre + b * 4 * H;
+    TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       lstm_backward_point(go[j] + ch[j], cc[j], g[j], g[H + j], g[2 * H + j], g[3 * H + j], c[j], c_prev[j],
                           d[j], d[H + j], d[2 * H + j], d[3 * H + j], cc[j]);
@@ -75,18 +78,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
   check_cpu_dtype(op, xproj_in);
   check_same(op, "c0", c0_in, h0_in.sizes(), h0_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_t = w_hh.t().contiguous();  // [H, 4H]: h_{t-1} [B, H] times this
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor cell = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_chunk_forward_cpu", [&] {
-    at::Tensor h_prev = h0, c_prev = c0;
+    const scalar_t* x = xproj.const_data_ptr<scalar_t>();
+    scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    scalar_t* cell_p = cell.data_ptr<scalar_t>();
+    scalar_t* out_p = output.data_ptr<scalar_t>();
+    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const scalar_t* c_prev = c0.const_data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
-      at::Tensor gates_t = gates.select(0, t), c_t = cell.select(0, t), h_t = output.select(0, t);
-      at::addmm_out(gates_t, xproj.select(0, t), h_prev, w_t);
-      lstm_forward_rows_parallel<scalar_t>({gates_t.data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
-                                            c_t.data_ptr<scalar_t>(), h_t.data_ptr<scalar_t>(), H},
-                                           B, 4 * H);
+      scalar_t* gates_t = gates_p + 4 * t * step;
+      scalar_t* c_t = cell_p + t * step;
+      scalar_t* h_t = out_p + t * step;
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, x + 4 * t * step, 4 * H, gates_t);
+      lstm_forward_rows_parallel<scalar_t>({gates_t, c_prev, c_t, h_t, H}, B, 4 * H);
       h_prev = h_t;
       c_prev = c_t;
     }
@@ -98,10 +107,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-    const at::Tensor& output_in, const at::Tensor& gates_in, const at::Tensor& cell_in, const at::Tensor& w_hh,
+    const at::Tensor& output_in, const at::Tensor& gates_in, const at::Tensor& cell_in, const at::Tensor& w_hh_in,
     const at::Tensor& h0_in, const at::Tensor& c0_in) {
   constexpr const char* op = "tbptt_ext::lstm_chunk_backward";
-  auto [T, B, H] = check_chunk_args(op, "gates", gates_in, 4, w_hh, 4, h0_in);
+  auto [T, B, H] = check_chunk_args(op, "gates", gates_in, 4, w_hh_in, 4, h0_in);
   check_cpu_dtype(op, gates_in);
   check_same(op, "output", output_in, {T, B, H}, h0_in);
   check_same(op, "grad_output", grad_output_in, {T, B, H}, h0_in);
@@ -111,21 +120,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
   check_same(op, "grad_c_n", grad_c_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
                    gates = gates_in.contiguous(), cell = cell_in.contiguous(), h0 = h0_in.contiguous(),
-                   c0 = c0_in.contiguous();
+                   c0 = c0_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, 4 * H}, gates.options());
   at::Tensor carry_h = grad_h_n.contiguous().clone();
   at::Tensor carry_c = grad_c_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_chunk_backward_cpu", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
+    const scalar_t* cell_p = cell.const_data_ptr<scalar_t>();
+    const scalar_t* c0_p = c0.const_data_ptr<scalar_t>();
+    scalar_t* grad_pre = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* carry_h_p = carry_h.data_ptr<scalar_t>();
+    scalar_t* carry_c_p = carry_c.data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = T - 1; t >= 0; --t) {
-      at::Tensor grad_pre = grad_xproj.select(0, t);
-      const at::Tensor c_prev = t > 0 ? cell.select(0, t - 1) : c0;
-      lstm_backward_rows_parallel<scalar_t>(
-          {grad_output.select(0, t).const_data_ptr<scalar_t>(), carry_h.const_data_ptr<scalar_t>(),
-           carry_c.data_ptr<scalar_t>(), gates.select(0, t).const_data_ptr<scalar_t>(),
-           cell.select(0, t).const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
-           grad_pre.data_ptr<scalar_t>(), H},
-          B, 4 * H);
-      at::mm_out(carry_h, grad_pre, w_hh);
+      scalar_t* grad_pre_t = grad_pre + 4 * t * step;
+      lstm_backward_rows_parallel<scalar_t>({go + t * step, carry_h_p, carry_c_p, gates_p + 4 * t * step,
+                                             cell_p + t * step, t > 0 ? cell_p + (t - 1) * step : c0_p,
+                                             grad_pre_t, H},
+                                            B, 4 * H);
+      recurrent_matmul<scalar_t>(grad_pre_t, B, w_hh, nullptr, 0, carry_h_p);
     }
   });
   return {grad_xproj, carry_h, carry_c, recurrent_weight_grad(grad_xproj, h0, output)};

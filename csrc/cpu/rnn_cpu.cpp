@@ -1,11 +1,12 @@
 // Elman RNN chunk forward/backward on the CPU.
-//   forward, t = 1..T:  a_t = xproj_t + h_{t-1} W_hh^T (one GEMM per step), h_t = phi(a_t)
+//   forward, t = 1..T:  a_t = xproj_t + h_{t-1} W_hh^T (one matmul per step), h_t = phi(a_t)
 //   backward, t = T..1: delta_t = (grad_output_t + carry) * phi'(a_t),  carry = delta_t W_hh;
 //   grad_xproj = delta, grad_h0 = final carry, grad_W_hh = sum_t delta_t^T h_{t-1} (one GEMM).
 #include <torch/library.h>
 
 #include "../cells.h"
 #include "common.h"
+#include "recurrent_matmul.h"
 
 namespace tbptt::cpu {
 namespace {
@@ -22,8 +23,10 @@ inline __attribute__((always_inline)) void rnn_forward_rows(const RNNForwardRows
   T* __restrict__ h = p.h + b0 * p.H;
   const int64_t n = (b1 - b0) * p.H;
   if (p.relu) {
+    TBPTT_IVDEP
     for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(h[j], true);
   } else {
+    TBPTT_IVDEP
     for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(h[j], false);
   }
 }
@@ -47,8 +50,10 @@ inline __attribute__((always_inline)) void rnn_backward_rows(const RNNBackwardRo
   const T* __restrict__ h = p.h + off;
   T* __restrict__ delta = p.delta + off;
   if (p.relu) {
+    TBPTT_IVDEP
     for (int64_t j = 0; j < n; ++j) delta[j] = rnn_activation_backward(go[j] + carry[j], h[j], true);
   } else {
+    TBPTT_IVDEP
     for (int64_t j = 0; j < n; ++j) delta[j] = rnn_activation_backward(go[j] + carry[j], h[j], false);
   }
 }
@@ -60,14 +65,17 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
   auto [T, B, H] = check_chunk_args(op, "xproj", xproj_in, 1, w_hh, 1, h0_in);
   check_cpu_dtype(op, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_t = w_hh.t().contiguous();  // [H, H]: h_{t-1} [B, H] times this
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "rnn_chunk_forward_cpu", [&] {
-    at::Tensor h_prev = h0;
+    const scalar_t* x = xproj.const_data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_t = output.select(0, t);
-      at::addmm_out(h_t, xproj.select(0, t), h_prev, w_t);
-      rnn_forward_rows_parallel<scalar_t>({h_t.data_ptr<scalar_t>(), H, relu}, B, H);
+      scalar_t* h_t = out + t * step;
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, x + t * step, H, h_t);
+      rnn_forward_rows_parallel<scalar_t>({h_t, H, relu}, B, H);
       h_prev = h_t;
     }
   });
@@ -78,26 +86,27 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::Tensor& grad_output_in,
                                                                       const at::Tensor& grad_h_n,
                                                                       const at::Tensor& output_in,
-                                                                      const at::Tensor& w_hh,
+                                                                      const at::Tensor& w_hh_in,
                                                                       const at::Tensor& h0_in, bool relu) {
   constexpr const char* op = "tbptt_ext::rnn_chunk_backward";
-  auto [T, B, H] = check_chunk_args(op, "output", output_in, 1, w_hh, 1, h0_in);
+  auto [T, B, H] = check_chunk_args(op, "output", output_in, 1, w_hh_in, 1, h0_in);
   check_cpu_dtype(op, output_in);
   check_same(op, "grad_output", grad_output_in, output_in.sizes(), output_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   h0 = h0_in.contiguous();
+                   h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, H}, output.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "rnn_chunk_backward_cpu", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* out = output.const_data_ptr<scalar_t>();
+    scalar_t* delta = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* carry_p = carry.data_ptr<scalar_t>();
+    const int64_t step = B * H;
     for (int64_t t = T - 1; t >= 0; --t) {
-      at::Tensor delta = grad_xproj.select(0, t);
-      rnn_backward_rows_parallel<scalar_t>({grad_output.select(0, t).const_data_ptr<scalar_t>(),
-                                            carry.const_data_ptr<scalar_t>(),
-                                            output.select(0, t).const_data_ptr<scalar_t>(),
-                                            delta.data_ptr<scalar_t>(), H, relu},
-                                           B, H);
-      at::mm_out(carry, delta, w_hh);
+      scalar_t* delta_t = delta + t * step;
+      rnn_backward_rows_parallel<scalar_t>({go + t * step, carry_p, out + t * step, delta_t, H, relu}, B, H);
+      recurrent_matmul<scalar_t>(delta_t, B, w_hh, nullptr, 0, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_xproj, h0, output)};

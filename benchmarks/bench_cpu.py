@@ -1,0 +1,113 @@
+"""One TBPTT chunk (forward, backward, optimizer step, state carried and detached),
+torch.nn against tbptt_ext side by side in one process, interleaved.
+
+Prints, per shape, the median time per chunk of each and the ratio
+torch.nn time / tbptt_ext time (> 1 means tbptt_ext is faster), then the
+geometric mean of the ratios.
+
+    python benchmarks/bench_cpu.py [--repeats 30] [--threads N] [--quick] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+import tbptt_ext
+
+# (cell, B, I, H, k) from the core issue.
+SHAPES = [
+    ("RNN", 32, 256, 256, 50),
+    ("LSTM", 32, 256, 256, 50),
+    ("GRU", 32, 256, 256, 50),
+    ("RNN", 1, 64, 128, 50),
+    ("LSTM", 4, 128, 128, 100),
+    ("GRU", 64, 512, 512, 50),
+]
+QUICK_SHAPES = [("RNN", 8, 32, 64, 20), ("LSTM", 8, 32, 64, 20), ("GRU", 8, 32, 64, 20)]
+
+
+def detach(state):
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+class ChunkRunner:
+    """Trains `rnn` + a linear head on a stream of chunks, carrying the state."""
+
+    def __init__(self, rnn, B, I, H, k, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.rnn = rnn
+        self.head = torch.nn.Linear(H, I)
+        self.opt = torch.optim.SGD(list(rnn.parameters()) + list(self.head.parameters()), lr=1e-3)
+        self.x = torch.randn(k, B, I, generator=g)
+        self.y = torch.randn(k, B, I, generator=g)
+        self.state = None
+
+    def step(self):
+        out, state = self.rnn(self.x, self.state)
+        self.state = detach(state)
+        loss = torch.nn.functional.mse_loss(self.head(out), self.y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def make_pair(cell, I, H):
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, cell)(I, H, backend="fused")
+    theirs = getattr(torch.nn, cell)(I, H)
+    theirs.load_state_dict(ours.state_dict())
+    return theirs, ours
+
+
+def time_interleaved(runners, repeats, warmup=3):
+    for _ in range(warmup):
+        for r in runners:
+            r.step()
+    times = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r.step()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few repeats (smoke test)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes, repeats = (QUICK_SHAPES, 3) if args.quick else (SHAPES, args.repeats)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"tbptt_ext compiled backends {sorted(tbptt_ext.compiled_backends())}, float32, median of {repeats}"
+    )
+    if args.markdown:
+        print("| cell | B | I | H | k | torch.nn ms | tbptt_ext ms | speedup |\n|---|---|---|---|---|---|---|---|")
+    else:
+        print(f"{'cell':5} {'B':>4} {'I':>4} {'H':>4} {'k':>4} {'torch.nn ms':>12} {'tbptt_ext ms':>13} {'speedup':>8}")
+    ratios = []
+    for cell, B, I, H, k in shapes:
+        theirs, ours = make_pair(cell, I, H)
+        t_nn, t_ext = time_interleaved([ChunkRunner(theirs, B, I, H, k), ChunkRunner(ours, B, I, H, k)], repeats)
+        ratios.append(t_nn / t_ext)
+        row = (cell, B, I, H, k, t_nn * 1e3, t_ext * 1e3, t_nn / t_ext)
+        if args.markdown:
+            print("| {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f}x |".format(*row))
+        else:
+            print("{:5} {:>4} {:>4} {:>4} {:>4} {:>12.2f} {:>13.2f} {:>7.2f}x".format(*row))
+    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"geometric-mean speedup (torch.nn time / tbptt_ext time): {geo:.2f}x; min {min(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
