@@ -1,6 +1,6 @@
 // GRU chunk forward/backward on the CPU.
-//   forward, t = 1..T:  hp_t = h_{t-1} W_hh^T + b_hh (one matmul per step), then the fused
-//     pointwise step (cells.h: gru_forward_point) with xproj_t writes r, z, n, hp_n and h_t.
+//   forward, t = 1..T:  hp_t = h_{t-1} W_hh^T (one matmul per step), then the fused pointwise
+//     step (cells.h: gru_forward_point) adds b_hh and xproj_t and writes r, z, n, hp_n and h_t.
 //   backward, t = T..1: the fused pointwise step (gru_backward_point) gives grad_xproj_t,
 //     grad_hp_t and z * dh; carry = z * dh + grad_hp_t W_hh.
 //   grad_W_hh = sum_t grad_hp_t^T h_{t-1} (one GEMM), grad_b_hh = sum_t grad_hp_t.
@@ -16,7 +16,8 @@ namespace {
 template <typename T>
 struct GRUForwardRows {
   const T* xproj;   // [B, 3H]
-  const T* hp;      // [B, 3H] h_prev W_hh^T + b_hh
+  const T* hp;      // [B, 3H] h_prev W_hh^T
+  const T* b_hh;    // [3H]
   const T* h_prev;  // [B, H]
   T* gates;         // [B, 4H] out: r, z, n, hp_n
   T* h;             // [B, H] out
@@ -29,14 +30,16 @@ inline __attribute__((always_inline)) void gru_forward_rows(const GRUForwardRows
   for (int64_t b = b0; b < b1; ++b) {
     const T* __restrict__ x = p.xproj + b * 3 * H;
     const T* __restrict__ hp = p.hp + b * 3 * H;
+    const T* __restrict__ bias = p.b_hh;
     const T* __restrict__ h_prev = p.h_prev + b * H;
     T* __restrict__ g = p.gates + b * 4 * H;
     T* __restrict__ h = p.h + b * H;
     TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      gru_forward_point(x[j], x[H + j], x[2 * H + j], hp[j], hp[H + j], hp[2 * H + j], h_prev[j], g[j],
-                        g[H + j], g[2 * H + j], h[j]);
-      g[3 * H + j] = hp[2 * H + j];
+      const T hp_n = hp[2 * H + j] + bias[2 * H + j];
+      gru_forward_point(x[j], x[H + j], x[2 * H + j], hp[j] + bias[j], hp[H + j] + bias[H + j], hp_n, h_prev[j],
+                        g[j], g[H + j], g[2 * H + j], h[j]);
+      g[3 * H + j] = hp_n;
     }
   }
 }
@@ -82,13 +85,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
   if (b_hh.has_value()) check_same(op, "b_hh", *b_hh, {3 * H}, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
   const at::Tensor w_t = w_hh.t().contiguous();  // [H, 3H]: h_{t-1} [B, H] times this
-  const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
+  const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, xproj.options());
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
   at::Tensor hp = at::empty({B, 3 * H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_chunk_forward_cpu", [&] {
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
-    const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bias_p = bias.const_data_ptr<scalar_t>();
     scalar_t* hp_p = hp.data_ptr<scalar_t>();
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
     scalar_t* out_p = output.data_ptr<scalar_t>();
@@ -96,8 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
     const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
       scalar_t* h_t = out_p + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, bias_p, 0, hp_p);
-      gru_forward_rows_parallel<scalar_t>({x + 3 * t * step, hp_p, h_prev, gates_p + 4 * t * step, h_t, H}, B,
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, hp_p);
+      gru_forward_rows_parallel<scalar_t>({x + 3 * t * step, hp_p, bias_p, h_prev, gates_p + 4 * t * step, h_t, H}, B,
                                           4 * H);
       h_prev = h_t;
     }
@@ -135,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
                                             t > 0 ? out_p + (t - 1) * step : h0_p, grad_x_p + 3 * t * step,
                                             grad_hp_t, H},
                                            B, 4 * H);
-      recurrent_matmul<scalar_t>(grad_hp_t, B, w_hh, carry_p, H, carry_p);
+      recurrent_matmul<scalar_t>(grad_hp_t, B, w_hh, /*accumulate=*/true, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_hp, h0, output), grad_hp.sum(at::IntArrayRef{0, 1})};

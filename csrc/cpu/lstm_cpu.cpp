@@ -15,7 +15,8 @@ namespace {
 
 template <typename T>
 struct LSTMForwardRows {
-  T* gates;         // [B, 4H]: pre-activations in, activated gates out
+  const T* xproj;   // [B, 4H] at step t
+  T* gates;         // [B, 4H]: h_{t-1} W_hh^T in, activated gates out
   const T* c_prev;  // [B, H]
   T* c;             // [B, H]
   T* h;             // [B, H]
@@ -26,15 +27,20 @@ template <typename T>
 inline __attribute__((always_inline)) void lstm_forward_rows(const LSTMForwardRows<T>& p, int64_t b0, int64_t b1) {
   const int64_t H = p.H;
   for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict__ gi = p.gates + b * 4 * H;
-    T* __restrict__ gf = gi + H;
-    T* __restrict__ gg = gi + 2 * H;
-    T* __restrict__ go = gi + 3 * H;
+    const T* __restrict__ x = p.xproj + b * 4 * H;
+    T* __restrict__ g = p.gates + b * 4 * H;
     const T* __restrict__ c_prev = p.c_prev + b * H;
     T* __restrict__ c = p.c + b * H;
     T* __restrict__ h = p.h + b * H;
     TBPTT_IVDEP
-    for (int64_t j = 0; j < H; ++j) lstm_forward_point(gi[j], gf[j], gg[j], go[j], c_prev[j], c[j], h[j]);
+    for (int64_t j = 0; j < H; ++j) {
+      T i = x[j] + g[j], f = x[H + j] + g[H + j], gc = x[2 * H + j] + g[2 * H + j], o = x[3 * H + j] + g[3 * H + j];
+      lstm_forward_point(i, f, gc, o, c_prev[j], c[j], h[j]);
+      g[j] = i;
+      g[H + j] = f;
+      g[2 * H + j] = gc;
+      g[3 * H + j] = o;
+    }
   }
 }
 TBPTT_CPU_ROW_LOOP(lstm_forward_rows, LSTMForwardRows)
@@ -94,8 +100,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
       scalar_t* gates_t = gates_p + 4 * t * step;
       scalar_t* c_t = cell_p + t * step;
       scalar_t* h_t = out_p + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, x + 4 * t * step, 4 * H, gates_t);
-      lstm_forward_rows_parallel<scalar_t>({gates_t, c_prev, c_t, h_t, H}, B, 4 * H);
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, gates_t);
+      lstm_forward_rows_parallel<scalar_t>({x + 4 * t * step, gates_t, c_prev, c_t, h_t, H}, B, 4 * H);
       h_prev = h_t;
       c_prev = c_t;
     }
@@ -139,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
                                              cell_p + t * step, t > 0 ? cell_p + (t - 1) * step : c0_p,
                                              grad_pre_t, H},
                                             B, 4 * H);
-      recurrent_matmul<scalar_t>(grad_pre_t, B, w_hh, nullptr, 0, carry_h_p);
+      recurrent_matmul<scalar_t>(grad_pre_t, B, w_hh, /*accumulate=*/false, carry_h_p);
     }
   });
   return {grad_xproj, carry_h, carry_c, recurrent_weight_grad(grad_xproj, h0, output)};

@@ -1,4 +1,4 @@
-// The per-step matrix product of the recurrence, out[B, N] = init + a[B, K] m[K, N].
+// The per-step matrix product of the recurrence, out[B, N] (+)= a[B, K] m[K, N].
 //
 // Small batches (the latency-bound case of TBPTT) use a register-tiled kernel
 // (4 rows x 32 columns of accumulators, m streamed from cache once per 4 rows),
@@ -17,12 +17,12 @@ namespace detail {
 
 template <typename T, int ROWS, int COLS>
 inline __attribute__((always_inline)) void matmul_tile(const T* a, int64_t lda, const T* m, int64_t K, int64_t ldm,
-                                                       const T* init, int64_t ld_init, T* out, int64_t ldo) {
+                                                       bool accumulate, T* out, int64_t ldo) {
   T acc[ROWS][COLS];
 #pragma GCC unroll 4
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < COLS; ++v) acc[r][v] = init ? init[r * ld_init + v] : T(0);
+    for (int v = 0; v < COLS; ++v) acc[r][v] = accumulate ? out[r * ldo + v] : T(0);
   for (int64_t k = 0; k < K; ++k) {
     const T* mk = m + k * ldm;
 #pragma GCC unroll 4
@@ -41,16 +41,16 @@ inline __attribute__((always_inline)) void matmul_tile(const T* a, int64_t lda, 
 // Rows [0, ROWS) of a, columns [n0, n1) of out.
 template <typename T, int ROWS>
 inline __attribute__((always_inline)) void matmul_rows(const T* a, int64_t lda, const T* m, int64_t K, int64_t N,
-                                                       const T* init, int64_t ld_init, T* out, int64_t ldo,
-                                                       int64_t n0, int64_t n1) {
+                                                       bool accumulate, T* out, int64_t ldo, int64_t n0,
+                                                       int64_t n1) {
   constexpr int kCols = 32;
   int64_t n = n0;
   for (; n + kCols <= n1; n += kCols) {
-    matmul_tile<T, ROWS, kCols>(a, lda, m + n, K, N, init ? init + n : nullptr, ld_init, out + n, ldo);
+    matmul_tile<T, ROWS, kCols>(a, lda, m + n, K, N, accumulate, out + n, ldo);
   }
   for (; n < n1; ++n) {
     for (int r = 0; r < ROWS; ++r) {
-      T sum = init ? init[r * ld_init + n] : T(0);
+      T sum = accumulate ? out[r * ldo + n] : T(0);
       for (int64_t k = 0; k < K; ++k) sum += a[r * lda + k] * m[k * N + n];
       out[r * ldo + n] = sum;
     }
@@ -59,30 +59,23 @@ inline __attribute__((always_inline)) void matmul_rows(const T* a, int64_t lda, 
 
 template <typename T>
 inline __attribute__((always_inline)) void small_matmul(const T* a, int64_t B, const T* m, int64_t K, int64_t N,
-                                                        const T* init, int64_t ld_init, T* out, int64_t n0,
-                                                        int64_t n1) {
+                                                        bool accumulate, T* out, int64_t n0, int64_t n1) {
   int64_t b = 0;
-  for (; b + 4 <= B; b += 4) {
-    matmul_rows<T, 4>(a + b * K, K, m, K, N, init ? init + b * ld_init : nullptr, ld_init, out + b * N, N, n0, n1);
-  }
-  for (; b < B; ++b) {
-    matmul_rows<T, 1>(a + b * K, K, m, K, N, init ? init + b * ld_init : nullptr, ld_init, out + b * N, N, n0, n1);
-  }
+  for (; b + 4 <= B; b += 4) matmul_rows<T, 4>(a + b * K, K, m, K, N, accumulate, out + b * N, N, n0, n1);
+  for (; b < B; ++b) matmul_rows<T, 1>(a + b * K, K, m, K, N, accumulate, out + b * N, N, n0, n1);
 }
 
 TBPTT_CPU_CLONES inline void small_matmul_f32(const float* a, int64_t B, const float* m, int64_t K, int64_t N,
-                                              const float* init, int64_t ld_init, float* out, int64_t n0,
-                                              int64_t n1) {
-  small_matmul<float>(a, B, m, K, N, init, ld_init, out, n0, n1);
+                                              bool accumulate, float* out, int64_t n0, int64_t n1) {
+  small_matmul<float>(a, B, m, K, N, accumulate, out, n0, n1);
 }
 
 }  // namespace detail
 
-// out[B, N] = init + a[B, K] m[K, N], row-major and contiguous. init: nullptr for
-// zero, a [B, N] array with ld_init = N (it may be `out` itself), or one row
-// broadcast over the batch with ld_init = 0. m is a contiguous [K, N] tensor.
+// out[B, N] = a[B, K] m[K, N], or out += a m with accumulate; row-major and
+// contiguous, m a contiguous [K, N] tensor.
 template <typename T>
-void recurrent_matmul(const T* a, int64_t B, const at::Tensor& m, const T* init, int64_t ld_init, T* out) {
+void recurrent_matmul(const T* a, int64_t B, const at::Tensor& m, bool accumulate, T* out) {
   const int64_t K = m.size(0), N = m.size(1);
   if (B == 0 || N == 0) return;
   const T* m_data = m.const_data_ptr<T>();
@@ -92,24 +85,19 @@ void recurrent_matmul(const T* a, int64_t B, const at::Tensor& m, const T* init,
     at::parallel_for(0, (N + 31) / 32, grain, [&](int64_t c0, int64_t c1) {
       const int64_t n0 = c0 * 32, n1 = std::min(N, c1 * 32);
       if constexpr (std::is_same_v<T, float>) {
-        detail::small_matmul_f32(a, B, m_data, K, N, init, ld_init, out, n0, n1);
+        detail::small_matmul_f32(a, B, m_data, K, N, accumulate, out, n0, n1);
       } else {
-        detail::small_matmul<T>(a, B, m_data, K, N, init, ld_init, out, n0, n1);
+        detail::small_matmul<T>(a, B, m_data, K, N, accumulate, out, n0, n1);
       }
     });
     return;
   }
-  const auto options = m.options();
-  const at::Tensor a_t = at::from_blob(const_cast<T*>(a), {B, K}, options);
-  at::Tensor out_t = at::from_blob(out, {B, N}, options);
-  if (init == nullptr) {
-    at::mm_out(out_t, a_t, m);
-  } else if (init == out) {
+  const at::Tensor a_t = at::from_blob(const_cast<T*>(a), {B, K}, m.options());
+  at::Tensor out_t = at::from_blob(out, {B, N}, m.options());
+  if (accumulate) {
     out_t.addmm_(a_t, m);
   } else {
-    const at::Tensor init_t = ld_init == 0 ? at::from_blob(const_cast<T*>(init), {N}, options)
-                                           : at::from_blob(const_cast<T*>(init), {B, N}, options);
-    at::addmm_out(out_t, init_t, a_t, m);
+    at::mm_out(out_t, a_t, m);
   }
 }
 

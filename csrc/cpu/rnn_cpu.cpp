@@ -13,21 +13,23 @@ namespace {
 
 template <typename T>
 struct RNNForwardRows {
-  T* h;  // [B, H]: pre-activation in, h_t out
+  const T* xproj;  // [B, H] at step t
+  T* h;            // [B, H]: h_{t-1} W_hh^T in, h_t out
   int64_t H;
   bool relu;
 };
 
 template <typename T>
 inline __attribute__((always_inline)) void rnn_forward_rows(const RNNForwardRows<T>& p, int64_t b0, int64_t b1) {
+  const T* __restrict__ x = p.xproj + b0 * p.H;
   T* __restrict__ h = p.h + b0 * p.H;
   const int64_t n = (b1 - b0) * p.H;
   if (p.relu) {
     TBPTT_IVDEP
-    for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(h[j], true);
+    for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(x[j] + h[j], true);
   } else {
     TBPTT_IVDEP
-    for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(h[j], false);
+    for (int64_t j = 0; j < n; ++j) h[j] = rnn_activation(x[j] + h[j], false);
   }
 }
 TBPTT_CPU_ROW_LOOP(rnn_forward_rows, RNNForwardRows)
@@ -74,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
     const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
       scalar_t* h_t = out + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, x + t * step, H, h_t);
-      rnn_forward_rows_parallel<scalar_t>({h_t, H, relu}, B, H);
+      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, h_t);
+      rnn_forward_rows_parallel<scalar_t>({x + t * step, h_t, H, relu}, B, H);
       h_prev = h_t;
     }
   });
@@ -106,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::
     for (int64_t t = T - 1; t >= 0; --t) {
       scalar_t* delta_t = delta + t * step;
       rnn_backward_rows_parallel<scalar_t>({go + t * step, carry_p, out + t * step, delta_t, H, relu}, B, H);
-      recurrent_matmul<scalar_t>(delta_t, B, w_hh, nullptr, 0, carry_p);
+      recurrent_matmul<scalar_t>(delta_t, B, w_hh, /*accumulate=*/false, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_xproj, h0, output)};
