@@ -167,6 +167,8 @@ class _ChunkedRNNBase(nn.RNNBase):
         else:
             layout = None
             x = input.transpose(0, 1) if self.batch_first else input
+            if x.shape[0] == 0:  # as torch.nn
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         final = [[] for _ in states]
         for layer in range(self.num_layers):
             outputs = []

@@ -1,0 +1,114 @@
+"""Drop-in behaviour: parameters, state_dicts, backends, odd inputs."""
+
+import pytest
+import torch
+
+import tbptt_ext
+from conftest import assert_close, requires_fused_cpu
+
+MODULES = ["RNN", "LSTM", "GRU"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_parameters_and_state_dict_round_trip(name):
+    kwargs = dict(num_layers=2, bidirectional=True, bias=True)
+    ours = getattr(tbptt_ext, name)(3, 5, **kwargs)
+    theirs = getattr(torch.nn, name)(3, 5, **kwargs)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in theirs.named_parameters()
+    ]
+    theirs.load_state_dict(ours.state_dict())  # ours -> torch.nn
+    fresh = getattr(tbptt_ext, name)(3, 5, **kwargs)
+    fresh.load_state_dict(theirs.state_dict())  # torch.nn -> ours
+    for a, b in zip(fresh.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_initialisation_like_torch_nn(name):
+    torch.manual_seed(3)
+    ours = getattr(tbptt_ext, name)(3, 16, num_layers=2)
+    torch.manual_seed(3)
+    theirs = getattr(torch.nn, name)(3, 16, num_layers=2)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_positional_arguments_like_torch_nn():
+    ours = tbptt_ext.RNN(3, 5, 2, "relu", False, True, 0.0, True)
+    theirs = torch.nn.RNN(3, 5, 2, "relu", False, True, 0.0, True)
+    assert (ours.nonlinearity, ours.bias, ours.batch_first, ours.bidirectional) == (
+        theirs.nonlinearity, theirs.bias, theirs.batch_first, theirs.bidirectional,
+    )
+    assert repr(ours) == repr(theirs)
+    assert "backend='reference'" in repr(tbptt_ext.LSTM(3, 5, backend="reference"))
+
+
+@requires_fused_cpu
+@pytest.mark.parametrize("name", MODULES)
+def test_non_contiguous_input_and_state(name):
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(4, 5, dtype=torch.float64)
+    theirs = getattr(torch.nn, name)(4, 5, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 8, dtype=torch.float64)[:, :, ::2].transpose(0, 1)  # [6, 2, 4], strided
+    h = torch.randn(2, 1, 5, dtype=torch.float64).transpose(0, 1)
+    hx = (h, h.clone()) if name == "LSTM" else h
+    assert not x.is_contiguous()
+    out_a, state_a = ours(x, hx)
+    out_b, state_b = theirs(x, hx)
+    assert_close(out_a, out_b, torch.float64, "output")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_zero_batch_like_torch_nn(name):
+    ours = getattr(tbptt_ext, name)(4, 5)
+    theirs = getattr(torch.nn, name)(4, 5)
+    out_a, state_a = ours(torch.randn(3, 0, 4))
+    out_b, state_b = theirs(torch.randn(3, 0, 4))
+    assert out_a.shape == out_b.shape
+    flat_a = state_a if isinstance(state_a, tuple) else (state_a,)
+    flat_b = state_b if isinstance(state_b, tuple) else (state_b,)
+    assert [s.shape for s in flat_a] == [s.shape for s in flat_b]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_auto_backend_runs_reference_for_half_types(name):
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(4, 8, dtype=torch.bfloat16)
+    theirs = getattr(torch.nn, name)(4, 8, dtype=torch.float32)
+    theirs.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    x = torch.randn(5, 2, 4)
+    out, _ = ours(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), theirs(x)[0], rtol=0.05, atol=0.05)
+
+
+@requires_fused_cpu
+@pytest.mark.parametrize("name", MODULES)
+def test_functional_call_and_to(name):
+    m = getattr(tbptt_ext, name)(4, 5).double()
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    params = {k: torch.zeros_like(v) for k, v in m.named_parameters()}
+    out, _ = torch.func.functional_call(m, params, (x,))
+    assert torch.count_nonzero(out) == 0 if name != "GRU" else torch.allclose(out, torch.zeros_like(out))
+
+
+def test_missing_extension_falls_back_with_one_warning(monkeypatch):
+    import tbptt_ext._ops as ops
+    import tbptt_ext.modules as modules
+
+    monkeypatch.setattr(ops, "EXTENSION_ERROR", ImportError("simulated"))
+    monkeypatch.setattr(ops, "_COMPILED_BACKENDS", frozenset())
+    monkeypatch.setattr(modules, "_warned_missing_extension", False)
+    m = tbptt_ext.GRU(4, 5)
+    x = torch.randn(3, 2, 4)
+    with pytest.warns(RuntimeWarning, match="running the plain-PyTorch reference"):
+        m(x)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x)  # only one warning
+    with pytest.raises(RuntimeError, match="extension not loaded: simulated"):
+        tbptt_ext.GRU(4, 5, backend="fused")(x)
