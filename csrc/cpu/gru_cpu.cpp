@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
   check_cpu_dtype(op, xproj_in);
   if (b_hh.has_value()) check_same(op, "b_hh", *b_hh, {3 * H}, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = w_hh.t().contiguous();  // [H, 3H]: h_{t-1} [B, H] times this
+  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, xproj.options());
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
@@ -119,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
   check_same(op, "grad_output", grad_output_in, {T, B, H}, h0_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   gates = gates_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+                   gates = gates_in.contiguous(), h0 = h0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
   at::Tensor grad_xproj = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor grad_hp = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor carry = grad_h_n.contiguous().clone();

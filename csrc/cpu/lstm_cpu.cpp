@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
   check_cpu_dtype(op, xproj_in);
   check_same(op, "c0", c0_in, h0_in.sizes(), h0_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  const at::Tensor w_t = w_hh.t().contiguous();  // [H, 4H]: h_{t-1} [B, H] times this
+  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor cell = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
   check_same(op, "grad_c_n", grad_c_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
                    gates = gates_in.contiguous(), cell = cell_in.contiguous(), h0 = h0_in.contiguous(),
-                   c0 = c0_in.contiguous(), w_hh = w_hh_in.contiguous();
+                   c0 = c0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
   at::Tensor grad_xproj = at::empty({T, B, 4 * H}, gates.options());
   at::Tensor carry_h = grad_h_n.contiguous().clone();
   at::Tensor carry_c = grad_c_n.contiguous().clone();

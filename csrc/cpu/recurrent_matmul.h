@@ -72,14 +72,23 @@ TBPTT_CPU_CLONES inline void small_matmul_f32(const float* a, int64_t B, const f
 
 }  // namespace detail
 
-// out[B, N] = a[B, K] m[K, N], or out += a m with accumulate; row-major and
-// contiguous, m a contiguous [K, N] tensor.
+// The right-hand operand for recurrent_matmul with batch B: w^T if transpose, else w.
+// The tiled kernel needs it contiguous; BLAS takes the transposed view as it is,
+// which is faster than a transposed copy.
+inline at::Tensor recurrent_operand(const at::Tensor& w, bool transpose, int64_t B) {
+  if (!transpose) return w.contiguous();
+  return B <= kSmallBatchMax ? w.t().contiguous() : w.t();
+}
+
+// out[B, N] = a[B, K] m[K, N], or out += a m with accumulate; a and out row-major
+// and contiguous, m from recurrent_operand.
 template <typename T>
 void recurrent_matmul(const T* a, int64_t B, const at::Tensor& m, bool accumulate, T* out) {
   const int64_t K = m.size(0), N = m.size(1);
   if (B == 0 || N == 0) return;
-  const T* m_data = m.const_data_ptr<T>();
   if (B <= kSmallBatchMax) {
+    TORCH_INTERNAL_ASSERT(m.is_contiguous());
+    const T* m_data = m.const_data_ptr<T>();
     // Blocks of 32 columns per task: enough multiply-adds (~64K) to pay for waking a thread.
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(B * K * 32, 1));
     at::parallel_for(0, (N + 31) / 32, grain, [&](int64_t c0, int64_t c1) {

@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
   auto [T, B, H] = check_chunk_args(op, "xproj", xproj_in, 1, w_hh, 1, h0_in);
   check_cpu_dtype(op, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = w_hh.t().contiguous();  // [H, H]: h_{t-1} [B, H] times this
+  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "rnn_chunk_forward_cpu", [&] {
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::
   check_same(op, "grad_output", grad_output_in, output_in.sizes(), output_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+                   h0 = h0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
   at::Tensor grad_xproj = at::empty({T, B, H}, output.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "rnn_chunk_backward_cpu", [&] {
