@@ -58,11 +58,16 @@ def extensions():
 
     # -fno-trapping-math lets the pointwise loops if-convert and vectorise; -fno-wrapv
     # undoes Python's -fwrapv, which blocks vectorisation of indexed loops.
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv"]
+    # -fopenmp: at::parallel_for is a header template that is only parallel when the
+    # extension itself is compiled with OpenMP (torch's CPU build uses it).
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     sources = [os.path.relpath(p, ROOT) for p in ["csrc/register.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
     if not use_cuda:
         print("tbptt_ext: building the CPU kernels only", flush=True)
-        return [CppExtension("tbptt_ext._C", sources, extra_compile_args={"cxx": cxx_flags})]
+        return [
+            CppExtension("tbptt_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
+        ]
     cuda_sources = sorted(
         os.path.relpath(p, ROOT)
         for pattern in ("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
@@ -80,6 +85,7 @@ def extensions():
             "tbptt_ext._C",
             sources + cuda_sources,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_link_args=link_flags,
         )
     ]
 

@@ -84,12 +84,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
   check_cpu_dtype(op, xproj_in);
   if (b_hh.has_value()) check_same(op, "b_hh", *b_hh, {3 * H}, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, xproj.options());
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
   at::Tensor hp = at::empty({B, 3 * H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_chunk_forward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_t(w_hh.t());  // h_{t-1} [B, H] times W_hh^T
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
     const scalar_t* bias_p = bias.const_data_ptr<scalar_t>();
     scalar_t* hp_p = hp.data_ptr<scalar_t>();
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
     const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
       scalar_t* h_t = out_p + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, hp_p);
+      w_t.multiply(h_prev, B, /*accumulate=*/false, hp_p);
       gru_forward_rows_parallel<scalar_t>({x + 3 * t * step, hp_p, bias_p, h_prev, gates_p + 4 * t * step, h_t, H}, B,
                                           4 * H);
       h_prev = h_t;
@@ -119,11 +119,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
   check_same(op, "grad_output", grad_output_in, {T, B, H}, h0_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   gates = gates_in.contiguous(), h0 = h0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
+                   gates = gates_in.contiguous(), h0 = h0_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor grad_hp = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_chunk_backward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* out_p = output.const_data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
@@ -138,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
                                             t > 0 ? out_p + (t - 1) * step : h0_p, grad_x_p + 3 * t * step,
                                             grad_hp_t, H},
                                            B, 4 * H);
-      recurrent_matmul<scalar_t>(grad_hp_t, B, w_hh, /*accumulate=*/true, carry_p);
+      w_hh.multiply(grad_hp_t, B, /*accumulate=*/true, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_hp, h0, output), grad_hp.sum(at::IntArrayRef{0, 1})};

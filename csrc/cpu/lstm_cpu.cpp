@@ -84,11 +84,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
   check_cpu_dtype(op, xproj_in);
   check_same(op, "c0", c0_in, h0_in.sizes(), h0_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   at::Tensor cell = at::empty({T, B, H}, xproj.options());
   at::Tensor gates = at::empty({T, B, 4 * H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_chunk_forward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_t(w_hh.t());  // h_{t-1} [B, H] times W_hh^T
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
     scalar_t* cell_p = cell.data_ptr<scalar_t>();
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
       scalar_t* gates_t = gates_p + 4 * t * step;
       scalar_t* c_t = cell_p + t * step;
       scalar_t* h_t = out_p + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, gates_t);
+      w_t.multiply(h_prev, B, /*accumulate=*/false, gates_t);
       lstm_forward_rows_parallel<scalar_t>({x + 4 * t * step, gates_t, c_prev, c_t, h_t, H}, B, 4 * H);
       h_prev = h_t;
       c_prev = c_t;
@@ -126,11 +126,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
   check_same(op, "grad_c_n", grad_c_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
                    gates = gates_in.contiguous(), cell = cell_in.contiguous(), h0 = h0_in.contiguous(),
-                   c0 = c0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
+                   c0 = c0_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, 4 * H}, gates.options());
   at::Tensor carry_h = grad_h_n.contiguous().clone();
   at::Tensor carry_c = grad_c_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_chunk_backward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
     const scalar_t* cell_p = cell.const_data_ptr<scalar_t>();
@@ -145,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
                                              cell_p + t * step, t > 0 ? cell_p + (t - 1) * step : c0_p,
                                              grad_pre_t, H},
                                             B, 4 * H);
-      recurrent_matmul<scalar_t>(grad_pre_t, B, w_hh, /*accumulate=*/false, carry_h_p);
+      w_hh.multiply(grad_pre_t, B, /*accumulate=*/false, carry_h_p);
     }
   });
   return {grad_xproj, carry_h, carry_c, recurrent_weight_grad(grad_xproj, h0, output)};

@@ -1,113 +1,156 @@
-// The per-step matrix product of the recurrence, out[B, N] (+)= a[B, K] m[K, N].
+// The per-step matrix product of the recurrence, out[B, N] (+)= a[B, K] m[K, N],
+// with m the same for every step of a chunk (W_hh^T forward, W_hh backward).
 //
-// Small batches (the latency-bound case of TBPTT) use a register-tiled kernel
-// (4 rows x 32 columns of accumulators, m streamed from cache once per 4 rows),
-// split over threads by columns: an ATen/BLAS call costs 5-20 us of overhead at
-// these sizes, several times the arithmetic. Larger batches call ATen's GEMM.
+// m is packed once per chunk into panels of 32 columns ([N/32][K][32], zero-padded),
+// so a panel streams contiguously and a block of 128 of its rows (16 KB) stays in
+// L1 while every row group of the batch passes over it. The tile keeps 4 rows x 32
+// columns of accumulators in registers. Threads split the column panels. A BLAS
+// call per step would repack m every step and costs 5-20 us of overhead at small
+// batch, which is why this is not at::mm.
 #pragma once
 
 #include "common.h"
 
 namespace tbptt::cpu {
 
-// Batches up to this size use the tiled kernel; above it, BLAS.
-constexpr int64_t kSmallBatchMax = 8;
-
 namespace detail {
 
-template <typename T, int ROWS, int COLS>
-inline __attribute__((always_inline)) void matmul_tile(const T* a, int64_t lda, const T* m, int64_t K, int64_t ldm,
-                                                       bool accumulate, T* out, int64_t ldo) {
-  T acc[ROWS][COLS];
+constexpr int kPanel = 32;   // columns per panel (one tile's width)
+constexpr int64_t kKBlock = 128;  // rows of a panel per L1 block
+
+// out[ROWS, kPanel] (+)= a[ROWS, k0:k1] panel[k0:k1, :], with ROWS x kPanel
+// accumulators held in vector registers. FULL: all kPanel columns of out exist;
+// else only the first `cols`.
+template <typename T, int ROWS, bool FULL>
+inline __attribute__((always_inline)) void matmul_tile(const T* a, int64_t lda, const T* panel, int64_t k0,
+                                                       int64_t k1, bool accumulate, T* out, int64_t ldo,
+                                                       int64_t cols) {
+  // GCC vector type: one 64-byte register on AVX-512, split by the compiler on
+  // narrower targets; may_alias/aligned so it can view any float/double array.
+  typedef T vec __attribute__((vector_size(64), aligned(alignof(T)), may_alias));
+  constexpr int kVecs = kPanel * sizeof(T) / 64;
+  vec acc[ROWS][kVecs];
+  if constexpr (FULL) {
 #pragma GCC unroll 4
-  for (int r = 0; r < ROWS; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < COLS; ++v) acc[r][v] = accumulate ? out[r * ldo + v] : T(0);
-  for (int64_t k = 0; k < K; ++k) {
-    const T* mk = m + k * ldm;
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < kVecs; ++q) acc[r][q] = accumulate ? *reinterpret_cast<const vec*>(out + r * ldo + q * (64 / sizeof(T))) : vec{};
+  } else {
+    T buf[ROWS][kPanel] = {};
+    if (accumulate)
+      for (int r = 0; r < ROWS; ++r)
+        for (int64_t v = 0; v < cols; ++v) buf[r][v] = out[r * ldo + v];
+    for (int r = 0; r < ROWS; ++r)
+      for (int q = 0; q < kVecs; ++q) __builtin_memcpy(&acc[r][q], &buf[r][q * (64 / sizeof(T))], 64);
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const vec* pk = reinterpret_cast<const vec*>(panel + k * kPanel);
 #pragma GCC unroll 4
     for (int r = 0; r < ROWS; ++r) {
       const T av = a[r * lda + k];
-#pragma GCC unroll 16
-      for (int v = 0; v < COLS; ++v) acc[r][v] += av * mk[v];
-    }
-  }
 #pragma GCC unroll 4
-  for (int r = 0; r < ROWS; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < COLS; ++v) out[r * ldo + v] = acc[r][v];
+      for (int q = 0; q < kVecs; ++q) acc[r][q] += av * pk[q];
+    }
+  }
+  if constexpr (FULL) {
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < kVecs; ++q) *reinterpret_cast<vec*>(out + r * ldo + q * (64 / sizeof(T))) = acc[r][q];
+  } else {
+    T buf[ROWS][kPanel];
+    for (int r = 0; r < ROWS; ++r)
+      for (int q = 0; q < kVecs; ++q) __builtin_memcpy(&buf[r][q * (64 / sizeof(T))], &acc[r][q], 64);
+    for (int r = 0; r < ROWS; ++r)
+      for (int64_t v = 0; v < cols; ++v) out[r * ldo + v] = buf[r][v];
+  }
 }
 
-// Rows [0, ROWS) of a, columns [n0, n1) of out.
-template <typename T, int ROWS>
-inline __attribute__((always_inline)) void matmul_rows(const T* a, int64_t lda, const T* m, int64_t K, int64_t N,
-                                                       bool accumulate, T* out, int64_t ldo, int64_t n0,
-                                                       int64_t n1) {
-  constexpr int kCols = 32;
-  int64_t n = n0;
-  for (; n + kCols <= n1; n += kCols) {
-    matmul_tile<T, ROWS, kCols>(a, lda, m + n, K, N, accumulate, out + n, ldo);
+template <typename T, bool FULL>
+inline __attribute__((always_inline)) void matmul_panel(const T* a, int64_t B, int64_t K, const T* panel,
+                                                        bool accumulate, T* out, int64_t ldo, int64_t cols) {
+  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKBlock) {
+    const int64_t k1 = std::min(K, k0 + kKBlock);
+    const bool acc = accumulate || k0 > 0;
+    int64_t b = 0;
+    for (; b + 4 <= B; b += 4) matmul_tile<T, 4, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+    for (; b + 2 <= B; b += 2) matmul_tile<T, 2, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+    for (; b < B; ++b) matmul_tile<T, 1, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+    if (K == 0) break;
   }
-  for (; n < n1; ++n) {
-    for (int r = 0; r < ROWS; ++r) {
-      T sum = accumulate ? out[r * ldo + n] : T(0);
-      for (int64_t k = 0; k < K; ++k) sum += a[r * lda + k] * m[k * N + n];
-      out[r * ldo + n] = sum;
+}
+
+// Column panels [p0, p1) of out = (accumulate ? out : 0) + a packed.
+template <typename T>
+inline __attribute__((always_inline)) void matmul_panels(const T* a, int64_t B, int64_t K, int64_t N,
+                                                         const T* packed, bool accumulate, T* out, int64_t p0,
+                                                         int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
+    const T* panel = packed + p * K * kPanel;
+    if (cols == kPanel) {
+      matmul_panel<T, true>(a, B, K, panel, accumulate, out + n0, N, cols);
+    } else {
+      matmul_panel<T, false>(a, B, K, panel, accumulate, out + n0, N, cols);
     }
   }
 }
 
-template <typename T>
-inline __attribute__((always_inline)) void small_matmul(const T* a, int64_t B, const T* m, int64_t K, int64_t N,
-                                                        bool accumulate, T* out, int64_t n0, int64_t n1) {
-  int64_t b = 0;
-  for (; b + 4 <= B; b += 4) matmul_rows<T, 4>(a + b * K, K, m, K, N, accumulate, out + b * N, N, n0, n1);
-  for (; b < B; ++b) matmul_rows<T, 1>(a + b * K, K, m, K, N, accumulate, out + b * N, N, n0, n1);
-}
-
-TBPTT_CPU_CLONES inline void small_matmul_f32(const float* a, int64_t B, const float* m, int64_t K, int64_t N,
-                                              bool accumulate, float* out, int64_t n0, int64_t n1) {
-  small_matmul<float>(a, B, m, K, N, accumulate, out, n0, n1);
+TBPTT_CPU_CLONES inline void matmul_panels_f32(const float* a, int64_t B, int64_t K, int64_t N,
+                                               const float* packed, bool accumulate, float* out, int64_t p0,
+                                               int64_t p1) {
+  matmul_panels<float>(a, B, K, N, packed, accumulate, out, p0, p1);
 }
 
 }  // namespace detail
 
-// The right-hand operand for recurrent_matmul with batch B: w^T if transpose, else w.
-// The tiled kernel needs it contiguous; BLAS takes the transposed view as it is,
-// which is faster than a transposed copy.
-inline at::Tensor recurrent_operand(const at::Tensor& w, bool transpose, int64_t B) {
-  if (!transpose) return w.contiguous();
-  return B <= kSmallBatchMax ? w.t().contiguous() : w.t();
-}
-
-// out[B, N] = a[B, K] m[K, N], or out += a m with accumulate; a and out row-major
-// and contiguous, m from recurrent_operand.
+// The right-hand matrix m [K, N] of every step of a chunk, packed once.
 template <typename T>
-void recurrent_matmul(const T* a, int64_t B, const at::Tensor& m, bool accumulate, T* out) {
-  const int64_t K = m.size(0), N = m.size(1);
-  if (B == 0 || N == 0) return;
-  if (B <= kSmallBatchMax) {
-    TORCH_INTERNAL_ASSERT(m.is_contiguous());
-    const T* m_data = m.const_data_ptr<T>();
-    // Blocks of 32 columns per task: enough multiply-adds (~64K) to pay for waking a thread.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(B * K * 32, 1));
-    at::parallel_for(0, (N + 31) / 32, grain, [&](int64_t c0, int64_t c1) {
-      const int64_t n0 = c0 * 32, n1 = std::min(N, c1 * 32);
-      if constexpr (std::is_same_v<T, float>) {
-        detail::small_matmul_f32(a, B, m_data, K, N, accumulate, out, n0, n1);
-      } else {
-        detail::small_matmul<T>(a, B, m_data, K, N, accumulate, out, n0, n1);
+class RecurrentMatrix {
+ public:
+  // m: any strides, e.g. w_hh.t() for the forward and w_hh for the backward.
+  explicit RecurrentMatrix(const at::Tensor& m) : K_(m.size(0)), N_(m.size(1)) {
+    const int64_t panels = (N_ + detail::kPanel - 1) / detail::kPanel;
+    packed_ = at::zeros({panels, K_, detail::kPanel}, m.options());
+    const at::Tensor src = m.is_contiguous() || m.t().is_contiguous() ? m : m.contiguous();
+    const T* s = src.const_data_ptr<T>();
+    const int64_t sk = src.stride(0), sn = src.stride(1);
+    T* d = packed_.data_ptr<T>();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t cols = std::min<int64_t>(detail::kPanel, N_ - p * detail::kPanel);
+        T* panel = d + p * K_ * detail::kPanel;
+        if (sn == 1) {  // rows of m contiguous: copy 32-wide row pieces
+          for (int64_t k = 0; k < K_; ++k)
+            for (int64_t v = 0; v < cols; ++v) panel[k * detail::kPanel + v] = s[k * sk + p * detail::kPanel + v];
+        } else {  // columns of m contiguous (a transposed view): read down each column
+          for (int64_t v = 0; v < cols; ++v)
+            for (int64_t k = 0; k < K_; ++k)
+              panel[k * detail::kPanel + v] = s[k * sk + (p * detail::kPanel + v) * sn];
+        }
       }
     });
-    return;
   }
-  const at::Tensor a_t = at::from_blob(const_cast<T*>(a), {B, K}, m.options());
-  at::Tensor out_t = at::from_blob(out, {B, N}, m.options());
-  if (accumulate) {
-    out_t.addmm_(a_t, m);
-  } else {
-    at::mm_out(out_t, a_t, m);
+
+  // out[B, N] = a[B, K] m, or out += a m with accumulate; a and out row-major, contiguous.
+  void multiply(const T* a, int64_t B, bool accumulate, T* out) const {
+    if (B == 0 || N_ == 0) return;
+    const int64_t panels = packed_.size(0);
+    // Panels per task: enough multiply-adds (~64K) to pay for waking a thread.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(B * K_ * detail::kPanel, 1));
+    const T* packed = packed_.const_data_ptr<T>();
+    at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+      if constexpr (std::is_same_v<T, float>) {
+        detail::matmul_panels_f32(a, B, K_, N_, packed, accumulate, out, p0, p1);
+      } else {
+        detail::matmul_panels<T>(a, B, K_, N_, packed, accumulate, out, p0, p1);
+      }
+    });
   }
-}
+
+ private:
+  int64_t K_, N_;
+  at::Tensor packed_;
+};
 
 }  // namespace tbptt::cpu

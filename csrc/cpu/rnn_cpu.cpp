@@ -67,16 +67,16 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
   auto [T, B, H] = check_chunk_args(op, "xproj", xproj_in, 1, w_hh, 1, h0_in);
   check_cpu_dtype(op, xproj_in);
   const at::Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor w_t = recurrent_operand(w_hh, /*transpose=*/true, B);  // h_{t-1} [B, H] times W_hh^T
   at::Tensor output = at::empty({T, B, H}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "rnn_chunk_forward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_t(w_hh.t());  // h_{t-1} [B, H] times W_hh^T
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
     const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
       scalar_t* h_t = out + t * step;
-      recurrent_matmul<scalar_t>(h_prev, B, w_t, /*accumulate=*/false, h_t);
+      w_t.multiply(h_prev, B, /*accumulate=*/false, h_t);
       rnn_forward_rows_parallel<scalar_t>({x + t * step, h_t, H, relu}, B, H);
       h_prev = h_t;
     }
@@ -96,10 +96,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::
   check_same(op, "grad_output", grad_output_in, output_in.sizes(), output_in);
   check_same(op, "grad_h_n", grad_h_n, h0_in.sizes(), h0_in);
   const at::Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-                   h0 = h0_in.contiguous(), w_hh = recurrent_operand(w_hh_in, /*transpose=*/false, B);
+                   h0 = h0_in.contiguous();
   at::Tensor grad_xproj = at::empty({T, B, H}, output.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "rnn_chunk_backward_cpu", [&] {
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* out = output.const_data_ptr<scalar_t>();
     scalar_t* delta = grad_xproj.data_ptr<scalar_t>();
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::
     for (int64_t t = T - 1; t >= 0; --t) {
       scalar_t* delta_t = delta + t * step;
       rnn_backward_rows_parallel<scalar_t>({go + t * step, carry_p, out + t * step, delta_t, H, relu}, B, H);
-      recurrent_matmul<scalar_t>(delta_t, B, w_hh, /*accumulate=*/false, carry_p);
+      w_hh.multiply(delta_t, B, /*accumulate=*/false, carry_p);
     }
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_xproj, h0, output)};
