@@ -95,15 +95,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_chunk_forward_cpu(const at::T
     scalar_t* hp_p = hp.data_ptr<scalar_t>();
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
     scalar_t* out_p = output.data_ptr<scalar_t>();
-    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0.const_data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = 0; t < T; ++t) {
-      scalar_t* h_t = out_p + t * step;
-      w_t.multiply(h_prev, B, /*accumulate=*/false, hp_p);
-      gru_forward_rows_parallel<scalar_t>({x + 3 * t * step, hp_p, bias_p, h_prev, gates_p + 4 * t * step, h_t, H}, B,
-                                          4 * H);
-      h_prev = h_t;
-    }
+    run_steps(
+        T, w_t.panels(),
+        [&](int64_t t, int64_t p0, int64_t p1) {
+          w_t.multiply_panels(t > 0 ? out_p + (t - 1) * step : h0_p, B, /*accumulate=*/false, hp_p, p0, p1);
+        },
+        B,
+        [&](int64_t t, int64_t b0, int64_t b1) {
+          gru_forward_rows_run<scalar_t>({x + 3 * t * step, hp_p, bias_p, t > 0 ? out_p + (t - 1) * step : h0_p,
+                                          gates_p + 4 * t * step, out_p + t * step, H},
+                                         b0, b1);
+        },
+        w_t.work(B));
   });
   at::Tensor h_n = T > 0 ? output.select(0, T - 1).clone() : h0.clone();
   return {output, h_n, gates};
@@ -124,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
   at::Tensor grad_hp = at::empty({T, B, 3 * H}, gates.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_chunk_backward_cpu", [&] {
-    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad_hp [B, 3H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* out_p = output.const_data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
@@ -133,14 +138,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_chunk_backward_cp
     scalar_t* grad_hp_p = grad_hp.data_ptr<scalar_t>();
     scalar_t* carry_p = carry.data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      scalar_t* grad_hp_t = grad_hp_p + 3 * t * step;
-      gru_backward_rows_parallel<scalar_t>({go + t * step, carry_p, gates_p + 4 * t * step,
-                                            t > 0 ? out_p + (t - 1) * step : h0_p, grad_x_p + 3 * t * step,
-                                            grad_hp_t, H},
-                                           B, 4 * H);
-      w_hh.multiply(grad_hp_t, B, /*accumulate=*/true, carry_p);
-    }
+    run_steps(
+        T, B,
+        [&](int64_t s, int64_t b0, int64_t b1) {
+          const int64_t t = T - 1 - s;
+          gru_backward_rows_run<scalar_t>({go + t * step, carry_p, gates_p + 4 * t * step,
+                                           t > 0 ? out_p + (t - 1) * step : h0_p, grad_x_p + 3 * t * step,
+                                           grad_hp_p + 3 * t * step, H},
+                                          b0, b1);
+        },
+        w_hh.panels(),
+        [&](int64_t s, int64_t p0, int64_t p1) {
+          w_hh.multiply_panels(grad_hp_p + 3 * (T - 1 - s) * step, B, /*accumulate=*/true, carry_p, p0, p1);
+        },
+        w_hh.work(B));
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_hp, h0, output), grad_hp.sum(at::IntArrayRef{0, 1})};
 }

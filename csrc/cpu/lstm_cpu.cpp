@@ -93,18 +93,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chun
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
     scalar_t* cell_p = cell.data_ptr<scalar_t>();
     scalar_t* out_p = output.data_ptr<scalar_t>();
-    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
-    const scalar_t* c_prev = c0.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0.const_data_ptr<scalar_t>();
+    const scalar_t* c0_p = c0.const_data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = 0; t < T; ++t) {
-      scalar_t* gates_t = gates_p + 4 * t * step;
-      scalar_t* c_t = cell_p + t * step;
-      scalar_t* h_t = out_p + t * step;
-      w_t.multiply(h_prev, B, /*accumulate=*/false, gates_t);
-      lstm_forward_rows_parallel<scalar_t>({x + 4 * t * step, gates_t, c_prev, c_t, h_t, H}, B, 4 * H);
-      h_prev = h_t;
-      c_prev = c_t;
-    }
+    run_steps(
+        T, w_t.panels(),
+        [&](int64_t t, int64_t p0, int64_t p1) {
+          w_t.multiply_panels(t > 0 ? out_p + (t - 1) * step : h0_p, B, /*accumulate=*/false,
+                              gates_p + 4 * t * step, p0, p1);
+        },
+        B,
+        [&](int64_t t, int64_t b0, int64_t b1) {
+          lstm_forward_rows_run<scalar_t>({x + 4 * t * step, gates_p + 4 * t * step,
+                                           t > 0 ? cell_p + (t - 1) * step : c0_p, cell_p + t * step,
+                                           out_p + t * step, H},
+                                          b0, b1);
+        },
+        w_t.work(B));
   });
   at::Tensor h_n = T > 0 ? output.select(0, T - 1).clone() : h0.clone();
   at::Tensor c_n = T > 0 ? cell.select(0, T - 1).clone() : c0.clone();
@@ -131,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
   at::Tensor carry_h = grad_h_n.contiguous().clone();
   at::Tensor carry_c = grad_c_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_chunk_backward_cpu", [&] {
-    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad_pre [B, 4H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
     const scalar_t* cell_p = cell.const_data_ptr<scalar_t>();
@@ -140,14 +145,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_chunk_backward_c
     scalar_t* carry_h_p = carry_h.data_ptr<scalar_t>();
     scalar_t* carry_c_p = carry_c.data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      scalar_t* grad_pre_t = grad_pre + 4 * t * step;
-      lstm_backward_rows_parallel<scalar_t>({go + t * step, carry_h_p, carry_c_p, gates_p + 4 * t * step,
-                                             cell_p + t * step, t > 0 ? cell_p + (t - 1) * step : c0_p,
-                                             grad_pre_t, H},
-                                            B, 4 * H);
-      w_hh.multiply(grad_pre_t, B, /*accumulate=*/false, carry_h_p);
-    }
+    run_steps(
+        T, B,
+        [&](int64_t s, int64_t b0, int64_t b1) {
+          const int64_t t = T - 1 - s;
+          lstm_backward_rows_run<scalar_t>({go + t * step, carry_h_p, carry_c_p, gates_p + 4 * t * step,
+                                            cell_p + t * step, t > 0 ? cell_p + (t - 1) * step : c0_p,
+                                            grad_pre + 4 * t * step, H},
+                                           b0, b1);
+        },
+        w_hh.panels(),
+        [&](int64_t s, int64_t p0, int64_t p1) {
+          w_hh.multiply_panels(grad_pre + 4 * (T - 1 - s) * step, B, /*accumulate=*/false, carry_h_p, p0, p1);
+        },
+        w_hh.work(B));
   });
   return {grad_xproj, carry_h, carry_c, recurrent_weight_grad(grad_xproj, h0, output)};
 }

@@ -4,9 +4,9 @@
 // m is packed once per chunk into panels of 32 columns ([N/32][K][32], zero-padded),
 // so a panel streams contiguously and a block of 128 of its rows (16 KB) stays in
 // L1 while every row group of the batch passes over it. The tile keeps 4 rows x 32
-// columns of accumulators in registers. Threads split the column panels. A BLAS
-// call per step would repack m every step and costs 5-20 us of overhead at small
-// batch, which is why this is not at::mm.
+// columns of accumulators in registers. Threads split the column panels (see
+// run_steps in common.h). A BLAS call per step would repack m every step and costs
+// 5-20 us of overhead at small batch, which is why this is not at::mm.
 #pragma once
 
 #include "common.h"
@@ -132,20 +132,20 @@ class RecurrentMatrix {
     });
   }
 
-  // out[B, N] = a[B, K] m, or out += a m with accumulate; a and out row-major, contiguous.
-  void multiply(const T* a, int64_t B, bool accumulate, T* out) const {
-    if (B == 0 || N_ == 0) return;
-    const int64_t panels = packed_.size(0);
-    // Panels per task: enough multiply-adds (~64K) to pay for waking a thread.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(B * K_ * detail::kPanel, 1));
+  int64_t panels() const { return packed_.size(0); }
+  // Multiply-adds of one product with batch B.
+  int64_t work(int64_t B) const { return B * K_ * N_; }
+
+  // Column panels [p0, p1) of out[B, N] = a[B, K] m, or of out += a m with
+  // accumulate; a and out row-major and contiguous. Threads split the panels.
+  void multiply_panels(const T* a, int64_t B, bool accumulate, T* out, int64_t p0, int64_t p1) const {
+    if (B == 0) return;
     const T* packed = packed_.const_data_ptr<T>();
-    at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-      if constexpr (std::is_same_v<T, float>) {
-        detail::matmul_panels_f32(a, B, K_, N_, packed, accumulate, out, p0, p1);
-      } else {
-        detail::matmul_panels<T>(a, B, K_, N_, packed, accumulate, out, p0, p1);
-      }
-    });
+    if constexpr (std::is_same_v<T, float>) {
+      detail::matmul_panels_f32(a, B, K_, N_, packed, accumulate, out, p0, p1);
+    } else {
+      detail::matmul_panels<T>(a, B, K_, N_, packed, accumulate, out, p0, p1);
+    }
   }
 
  private:

@@ -72,14 +72,15 @@ std::tuple<at::Tensor, at::Tensor> rnn_chunk_forward_cpu(const at::Tensor& xproj
     const RecurrentMatrix<scalar_t> w_t(w_hh.t());  // h_{t-1} [B, H] times W_hh^T
     const scalar_t* x = xproj.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
-    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0.const_data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = 0; t < T; ++t) {
-      scalar_t* h_t = out + t * step;
-      w_t.multiply(h_prev, B, /*accumulate=*/false, h_t);
-      rnn_forward_rows_parallel<scalar_t>({x + t * step, h_t, H, relu}, B, H);
-      h_prev = h_t;
-    }
+    run_steps(
+        T, w_t.panels(),
+        [&](int64_t t, int64_t p0, int64_t p1) {
+          w_t.multiply_panels(t > 0 ? out + (t - 1) * step : h0_p, B, /*accumulate=*/false, out + t * step, p0, p1);
+        },
+        B, [&](int64_t t, int64_t b0, int64_t b1) { rnn_forward_rows_run<scalar_t>({x + t * step, out + t * step, H, relu}, b0, b1); },
+        w_t.work(B));
   });
   at::Tensor h_n = T > 0 ? output.select(0, T - 1).clone() : h0.clone();
   return {output, h_n};
@@ -100,17 +101,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_chunk_backward_cpu(const at::
   at::Tensor grad_xproj = at::empty({T, B, H}, output.options());
   at::Tensor carry = grad_h_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "rnn_chunk_backward_cpu", [&] {
-    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // grad [B, G*H] times W_hh
+    const RecurrentMatrix<scalar_t> w_hh(w_hh_in);  // delta [B, H] times W_hh
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* out = output.const_data_ptr<scalar_t>();
     scalar_t* delta = grad_xproj.data_ptr<scalar_t>();
     scalar_t* carry_p = carry.data_ptr<scalar_t>();
     const int64_t step = B * H;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      scalar_t* delta_t = delta + t * step;
-      rnn_backward_rows_parallel<scalar_t>({go + t * step, carry_p, out + t * step, delta_t, H, relu}, B, H);
-      w_hh.multiply(delta_t, B, /*accumulate=*/false, carry_p);
-    }
+    run_steps(
+        T, B,
+        [&](int64_t s, int64_t b0, int64_t b1) {
+          const int64_t t = T - 1 - s;
+          rnn_backward_rows_run<scalar_t>({go + t * step, carry_p, out + t * step, delta + t * step, H, relu}, b0, b1);
+        },
+        w_hh.panels(),
+        [&](int64_t s, int64_t p0, int64_t p1) {
+          w_hh.multiply_panels(delta + (T - 1 - s) * step, B, /*accumulate=*/false, carry_p, p0, p1);
+        },
+        w_hh.work(B));
   });
   return {grad_xproj, carry, recurrent_weight_grad(grad_xproj, h0, output)};
 }
