@@ -112,3 +112,25 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
         m(x)  # only one warning
     with pytest.raises(RuntimeError, match="extension not loaded: simulated"):
         tbptt_ext.GRU(4, 5, backend="fused")(x)
+
+
+def test_import_without_compiled_extension(tmp_path):
+    """A copy of the package without _C imports, warns once and runs the reference."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    source = pathlib.Path(tbptt_ext.__file__).parent
+    shutil.copytree(source, tmp_path / "tbptt_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    code = (
+        "import warnings, torch, tbptt_ext\n"
+        "assert tbptt_ext.compiled_backends() == set()\n"
+        "m = tbptt_ext.LSTM(3, 4)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out, _ = m(torch.randn(5, 2, 3)); m(torch.randn(5, 2, 3))\n"
+        "assert out.shape == (5, 2, 4)\n"
+        "assert sum('reference' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
