@@ -124,7 +124,12 @@ def test_import_without_compiled_extension(tmp_path):
     source = pathlib.Path(tbptt_ext.__file__).parent
     shutil.copytree(source, tmp_path / "tbptt_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
     code = (
-        "import warnings, torch, tbptt_ext\n"
+        "import importlib.util, sys, warnings, torch\n"
+        "spec = importlib.util.spec_from_file_location('tbptt_ext', 'tbptt_ext/__init__.py',\n"
+        "    submodule_search_locations=['tbptt_ext'])\n"
+        "tbptt_ext = importlib.util.module_from_spec(spec); sys.modules['tbptt_ext'] = tbptt_ext\n"
+        "spec.loader.exec_module(tbptt_ext)\n"
+        "assert tbptt_ext._ops.EXTENSION_ERROR is not None\n"
         "assert tbptt_ext.compiled_backends() == set()\n"
         "m = tbptt_ext.LSTM(3, 4)\n"
         "with warnings.catch_warnings(record=True) as w:\n"
