@@ -125,6 +125,7 @@ def test_import_without_compiled_extension(tmp_path):
     shutil.copytree(source, tmp_path / "tbptt_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
     code = (
         "import importlib.util, sys, warnings, torch\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f)]  # pip install -e\n"
         "spec = importlib.util.spec_from_file_location('tbptt_ext', 'tbptt_ext/__init__.py',\n"
         "    submodule_search_locations=['tbptt_ext'])\n"
         "tbptt_ext = importlib.util.module_from_spec(spec); sys.modules['tbptt_ext'] = tbptt_ext\n"
