@@ -4,6 +4,7 @@ from . import reference
 from ._ops import compiled_backends
 from .functions import GRUChunk, LSTMChunk, RNNChunk
 from .modules import GRU, LSTM, RNN
+from .tbptt import TBPTT, TBPTTResult, TBPTTUpdate, detach_state
 
 __all__ = [
     "RNN",
@@ -14,5 +15,9 @@ __all__ = [
     "GRUChunk",
     "compiled_backends",
     "reference",
+    "TBPTT",
+    "TBPTTResult",
+    "TBPTTUpdate",
+    "detach_state",
 ]
 __version__ = "0.1.0"
