@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmark scripts on a tiny grid (they are not timed tests)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_run_quick_tiny_grid_writes_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--cells", "LSTM,GRU", "--batch", "2",
+           "--hidden", "16", "--k", "8", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "speedup vs torch.nn" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["environment"]["torch"]
+    impls = {r["impl"] for r in data["grid"]}
+    assert {"torch.nn", "cell loop", "tbptt_ext", "tbptt_ext ref"} <= impls
+    ok = [r for r in data["grid"] if r["status"] == "ok"]
+    assert all(r["seconds_per_chunk"] > 0 and r["peak_bytes"] > 0 for r in ok)
+    # TBPTT memory is flat in T, full BPTT grows
+    mem = {(r["impl"], r["mode"], r["T"]): r["peak_bytes"] for r in data["memory_vs_T"]}
+    Ts = sorted({r["T"] for r in data["memory_vs_T"]})
+    assert mem[("tbptt_ext", "TBPTT", Ts[-1])] == mem[("tbptt_ext", "TBPTT", Ts[0])]
+    assert mem[("tbptt_ext", "full BPTT", Ts[-1])] > 2 * mem[("tbptt_ext", "full BPTT", Ts[0])]
+    for name in ["results.csv", "results.md", "speedup_LSTM_float32.png", "speedup_GRU_float32.png",
+                 "memory_vs_T.png", "k_sweep.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_bench_cpu_quick():
+    out = subprocess.run([sys.executable, str(BENCH / "bench_cpu.py"), "--quick"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "geometric-mean speedup" in out
