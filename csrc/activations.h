@@ -1,4 +1,4 @@
-// Activation functions shared by the CPU loops and (later) the CUDA kernels.
+// Activation functions shared by the CPU loops and the CUDA kernels.
 //
 // float on the host uses a branch-free exp (Cody-Waite range reduction, degree-7
 // polynomial, exponent built from bits) so that the per-step pointwise loops
@@ -18,8 +18,8 @@
 
 namespace tbptt {
 
-#if !defined(__CUDA_ARCH__)
-// exp(x) for float, written so that gcc vectorises loops that call it.
+#if !defined(__CUDACC__)
+// exp(x) for float, written so that gcc vectorises loops that call it (CPU build only).
 inline __attribute__((always_inline)) float exp_vectorizable(float x) {
   x = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal float
   x = x > 88.0f ? 88.0f : x;
@@ -45,7 +45,7 @@ inline __attribute__((always_inline)) float exp_vectorizable(float x) {
 #endif
 
 TBPTT_HD float sigmoid(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
   return 1.0f / (1.0f + expf(-x));
 #else
   return 1.0f / (1.0f + exp_vectorizable(-x));
@@ -55,7 +55,7 @@ TBPTT_HD float sigmoid(float x) {
 TBPTT_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
 
 TBPTT_HD float tanh_(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
   return tanhf(x);
 #else
   // tanh(x) = 1 - 2 / (exp(2x) + 1): exact at 0, saturates to +-1.
