@@ -18,7 +18,7 @@ namespace tbptt {
 // ---------------------------------------------------------------- Elman RNN
 template <typename T>
 TBPTT_HD T rnn_activation(T a, bool relu) {
-  return relu ? (a > T(0) ? a : T(0)) : tanh_(a);
+  return relu ? (a < T(0) ? T(0) : a) : tanh_(a);  // NaN stays NaN, as torch.relu
 }
 
 // delta = dL/da given dL/dh (total) and the output h = phi(a).

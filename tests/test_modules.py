@@ -140,3 +140,17 @@ def test_import_without_compiled_extension(tmp_path):
         "assert sum('reference' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+@requires_fused_cpu
+@pytest.mark.parametrize("name,kwargs", [("RNN", {"nonlinearity": "relu"}), ("RNN", {}), ("LSTM", {}), ("GRU", {})])
+def test_nan_propagates_like_torch_nn(name, kwargs):
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(2, 3, **kwargs)
+    theirs = getattr(torch.nn, name)(2, 3, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 2)
+    x[1, 0, 0] = float("nan")
+    a, _ = ours(x)
+    b, _ = theirs(x)
+    assert torch.equal(a.isnan(), b.isnan()) and a.isnan().any()

@@ -251,7 +251,13 @@ cudaError_t launch_persistent(Kernel smem_kernel, Kernel global_kernel, void* pa
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   if (!cooperative) return cudaErrorNotSupported;
-  int64_t blocks = std::min<int64_t>(sms, H);
+  // Blocks that can be resident at once (all must be, for the grid-wide barrier):
+  // one per multiprocessor normally, fewer where the context is given fewer SMs.
+  int resident = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, global_kernel, kThreads, 0);
+  if (err != cudaSuccess) return err;
+  int64_t blocks = std::min<int64_t>({static_cast<int64_t>(sms), static_cast<int64_t>(resident) * sms, H});
+  if (blocks < 1) return cudaErrorCooperativeLaunchTooLarge;
   int64_t units = (H + blocks - 1) / blocks;
   blocks = (H + units - 1) / units;
   size_t smem = static_cast<size_t>(units * rows_per_unit * (row_elems + 1)) * elem_size;
