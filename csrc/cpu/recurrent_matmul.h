@@ -69,14 +69,13 @@ inline __attribute__((always_inline)) void matmul_tile(const T* a, int64_t lda, 
 template <typename T, bool FULL>
 inline __attribute__((always_inline)) void matmul_panel(const T* a, int64_t B, int64_t K, const T* panel,
                                                         bool accumulate, T* out, int64_t ldo, int64_t cols) {
-  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKBlock) {
+  for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {  // K = H > 0 whenever there are panels
     const int64_t k1 = std::min(K, k0 + kKBlock);
     const bool acc = accumulate || k0 > 0;
     int64_t b = 0;
     for (; b + 4 <= B; b += 4) matmul_tile<T, 4, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
     for (; b + 2 <= B; b += 2) matmul_tile<T, 2, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
     for (; b < B; ++b) matmul_tile<T, 1, FULL>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
-    if (K == 0) break;
   }
 }
 
