@@ -143,3 +143,21 @@ def test_op_argument_errors_are_clear():
         OPS.rnn_chunk_forward(xproj.half(), w_hh.half(), h0.half(), False)
     with pytest.raises(RuntimeError, match="xproj must be"):
         OPS.lstm_chunk_forward(xproj[0], w_hh, h0, h0)
+
+
+@pytest.mark.parametrize("cell,relu", [("rnn", False), ("lstm", False), ("gru", False)])
+def test_bitwise_identical_across_runs_and_thread_counts(cell, relu):
+    fwd_in = chunk_inputs(cell, 12, 9, 70, torch.float32, 5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (threads, 1, threads):
+            torch.set_num_threads(n)
+            out = getattr(OPS, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, relu))
+            grads = getattr(OPS, f"{cell}_chunk_backward")(*backward_args(cell, fwd_in, out, 5), *extra(cell, relu))
+            results.append([*out, *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
