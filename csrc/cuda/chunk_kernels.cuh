@@ -12,7 +12,8 @@
 // (2) the gradient carried to h_{t-1} for its own units, delta_t W_hh, reading
 // delta_t of every unit. The delta scratch is double-buffered by step parity, so the
 // next step's pointwise cannot overwrite what a slower block is still reading.
-// Every sum runs in a fixed order in one thread: results are bitwise reproducible.
+// The dot products of the matrix phases are one warp each (lanes striding over the
+// reduction, coalesced), summed in a fixed order: results are bitwise reproducible.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -63,6 +64,15 @@ __device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
   return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
 }
 
+// Sum over the 32 lanes of a warp, in a fixed order (so results are reproducible);
+// every lane gets the total.
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // --------------------------------------------------------------- forward
 template <Cell C, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<Scalar, Acc> p, int64_t units) {
@@ -71,6 +81,7 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<S
   const int64_t H = p.H, B = p.B, GH = G * H, step = B * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
+  const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int64_t ldw = H + 1;  // padded row stride in shared memory (bank conflicts)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [G*U, ldw]: row g*U + u = W_hh row g*H + j0 + u
@@ -88,14 +99,16 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<S
   __syncthreads();
   for (int64_t t = 0; t < p.T; ++t) {
     const Scalar* h_prev = t > 0 ? p.output + (t - 1) * step : p.h0;
-    // (1) pre[b, g*H + j] = sum_k h_{t-1}[b, k] W_hh[g*H + j, k] for the own units j.
-    for (int64_t i = threadIdx.x; i < B * G * U; i += blockDim.x) {
-      const int64_t b = i / (G * U), col = i % (G * U), g = col / U, u = col % U;
+    // (1) pre[b, g*H + j] = sum_k h_{t-1}[b, k] W_hh[g*H + j, k] for the own units j:
+    // one warp per output, lanes striding over k (coalesced), a fixed-order warp sum.
+    for (int64_t item = warp; item < B * G * U; item += warps) {
+      const int64_t b = item / (G * U), col = item % (G * U), g = col / U, u = col % U;
       const Scalar* w_row = W_SMEM ? w_smem + col * ldw : p.w_hh + (g * H + j0 + u) * H;
       const Scalar* h_row = h_prev + b * H;
       Acc sum = 0;
-      for (int64_t k = 0; k < H; ++k) sum += to_acc(load_cg(h_row + k)) * to_acc(w_row[k]);
-      p.pre[b * GH + g * H + j0 + u] = sum;
+      for (int64_t k = lane; k < H; k += 32) sum += to_acc(load_cg(h_row + k)) * to_acc(w_row[k]);
+      sum = warp_sum(sum);
+      if (lane == 0) p.pre[b * GH + g * H + j0 + u] = sum;
     }
     __syncthreads();
     // (2) the pointwise cell update for the own units.
@@ -154,6 +167,7 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(BackwardParams
   const int64_t H = p.H, B = p.B, GH = G * H, step = B * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
+  const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int64_t ldw = GH + 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [U, ldw]: row u = W_hh^T row j0 + u
@@ -219,16 +233,20 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(BackwardParams
     }
     // every unit of delta_t is written before any block reads it.
     grid.sync();
-    // (2) carry_h[b, k] (+)= sum_n delta_t[b, n] W_hh[n, k] for the own units k. The same
-    // thread wrote carry_h[b, k] in (1): the item-to-thread map is the same.
-    for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-      const int64_t b = i / U, u = i % U, k = j0 + u;
+    // (2) carry_h[b, k] (+)= sum_n delta_t[b, n] W_hh[n, k] for the own units k: one warp
+    // per output, lanes striding over n, a fixed-order warp sum. (GRU: carry_h holds the
+    // direct term written in (1); the grid barrier ordered it.)
+    for (int64_t item = warp; item < B * U; item += warps) {
+      const int64_t b = item / U, u = item % U, k = j0 + u;
       const Scalar* w_row = W_SMEM ? w_smem + u * ldw : p.w_hh_t + k * GH;
       const Acc* d_row = delta + b * GH;
       Acc sum = 0;
-      for (int64_t n = 0; n < GH; ++n) sum += load_cg(d_row + n) * to_acc(w_row[n]);
-      p.carry_h[b * H + k] = C == Cell::GRU ? p.carry_h[b * H + k] + sum : sum;
+      for (int64_t n = lane; n < GH; n += 32) sum += load_cg(d_row + n) * to_acc(w_row[n]);
+      sum = warp_sum(sum);
+      if (lane == 0) p.carry_h[b * H + k] = C == Cell::GRU ? p.carry_h[b * H + k] + sum : sum;
     }
+    // (1) of the next step reads carry_h with the thread-per-item mapping.
+    __syncthreads();
   }
   for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
     const int64_t b = i / U, j = j0 + i % U;
