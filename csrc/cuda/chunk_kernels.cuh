@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<S
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int64_t ldw = H + 1;  // padded row stride in shared memory (bank conflicts)
+  const int64_t ldw = H;  // row stride in shared memory (a warp reads along one row)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [G*U, ldw]: row g*U + u = W_hh row g*H + j0 + u
   if (W_SMEM) {
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(BackwardParams
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int64_t ldw = GH + 1;
+  const int64_t ldw = GH;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [U, ldw]: row u = W_hh^T row j0 + u
   if (W_SMEM) {
@@ -278,7 +278,7 @@ cudaError_t launch_persistent(Kernel smem_kernel, Kernel global_kernel, void* pa
   if (blocks < 1) return cudaErrorCooperativeLaunchTooLarge;
   int64_t units = (H + blocks - 1) / blocks;
   blocks = (H + units - 1) / units;
-  size_t smem = static_cast<size_t>(units * rows_per_unit * (row_elems + 1)) * elem_size;
+  size_t smem = static_cast<size_t>(units * rows_per_unit * row_elems) * elem_size;
   Kernel kernel = global_kernel;
   if (smem <= static_cast<size_t>(smem_optin)) {
     if (cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) ==
