@@ -259,7 +259,11 @@ def markdown(rows, env) -> str:
 
 
 def plots(rows, memory_rows, sweep_rows, out: Path) -> list[str]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -412,7 +416,8 @@ def main(argv=None):
     (out / "results.md").write_text(table)
     written = plots(rows, memory_rows, sweep_rows, out)
     print("\n" + table)
-    print(f"wrote results.json, results.csv, results.md, {', '.join(written)} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote results.json, results.csv, results.md{''.join(', ' + w for w in written)} "
+          f"in {time.perf_counter() - started:.0f} s")
     return rows
 
 
