@@ -60,8 +60,10 @@ def extensions():
     # undoes Python's -fwrapv, which blocks vectorisation of indexed loops.
     # -fopenmp: at::parallel_for is a header template that is only parallel when the
     # extension itself is compiled with OpenMP (torch's CPU build uses it).
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", "-fopenmp"]
-    link_flags = ["-fopenmp"]
+    # (Apple's clang has no -fopenmp: there the kernels run single-threaded.)
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", *openmp]
+    link_flags = openmp
     sources = [os.path.relpath(p, ROOT) for p in ["csrc/register.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
     if not use_cuda:
         print("tbptt_ext: building the CPU kernels only", flush=True)
