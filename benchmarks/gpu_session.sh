@@ -9,26 +9,26 @@ OUT="${OUT:-/tmp/tbptt_gpu}"
 mkdir -p "$OUT"
 export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
 echo "== build"
-pip install --no-build-isolation . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-python -c "import tbptt_ext; print('compiled backends:', sorted(tbptt_ext.compiled_backends()))"
+python3 -m pip install --no-build-isolation . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+python3 -c "import tbptt_ext; print('compiled backends:', sorted(tbptt_ext.compiled_backends()))"
 
 echo "== GPU tests"
-python -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
+python3 -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
 
 echo "== compute-sanitizer"
 for tool in memcheck racecheck synccheck; do
-  (cd tests && compute-sanitizer --tool "$tool" --error-exitcode 9 python cuda_sanitize.py) \
+  (cd tests && compute-sanitizer --tool "$tool" --error-exitcode 9 python3 cuda_sanitize.py) \
     > "$OUT/sanitize_$tool.log" 2>&1
   echo "$tool: exit $? ($(grep -c 'ERROR SUMMARY' "$OUT/sanitize_$tool.log") summaries; $(grep 'ERROR SUMMARY' "$OUT/sanitize_$tool.log" | tail -1))"
 done
 
 echo "== benchmark"
 if [ -n "${QUICK:-}" ]; then
-  python benchmarks/run.py --device cuda --batch 1,8,32,128 --hidden 256 --repeats 10 --out "$OUT/bench" \
+  python3 benchmarks/run.py --device cuda --batch 1,8,32,128 --hidden 256 --repeats 10 --out "$OUT/bench" \
     2>&1 | tail -40
 else
-  python benchmarks/run.py --device cuda --out "$OUT/bench" 2>&1 | tail -80
+  python3 benchmarks/run.py --device cuda --out "$OUT/bench" 2>&1 | tail -80
 fi
