@@ -108,4 +108,8 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch"],
     extras_require={"test": ["pytest"], "bench": ["matplotlib"], "examples": ["tqdm"]},
+    # The main job as a command: unlike `python -m`, a console script does not put the
+    # current directory first on sys.path, so it finds the installed, compiled package
+    # even when started from the source tree.
+    entry_points={"console_scripts": ["tbptt-char-lm = tbptt_ext.examples.char_lm:main"]},
 )

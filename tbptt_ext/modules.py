@@ -37,7 +37,10 @@ def _warn_missing_extension() -> None:
         warnings.warn(
             "tbptt_ext: the compiled extension could not be loaded "
             f"({_ops.EXTENSION_ERROR}); running the plain-PyTorch reference instead. "
-            "Reinstall with `pip install --no-build-isolation .` to get the fused kernels.",
+            "Install with `pip install --no-build-isolation .` to get the fused kernels; if you did, "
+            "this is probably the source tree's copy of tbptt_ext shadowing the installed one (python "
+            "started in the repository root): run from another directory, use `pip install -e`, or the "
+            "`tbptt-char-lm` command for the example.",
             RuntimeWarning,
             stacklevel=3,
         )

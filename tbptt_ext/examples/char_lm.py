@@ -5,9 +5,9 @@ long text split into B parallel contiguous streams (as PyTorch's word_language_m
 example batchifies), the state carried across chunks. The default corpus is the
 Python standard library's own source, so nothing is downloaded.
 
-    python -m tbptt_ext.examples.char_lm                 # ~2 minutes on 2 CPU cores
-    python -m tbptt_ext.examples.char_lm --compare       # also torch.nn.LSTM, side by side
-    python -m tbptt_ext.examples.char_lm --text FILE     # your own text
+    tbptt-char-lm                 # ~2 minutes on 2 CPU cores (= python -m tbptt_ext.examples.char_lm)
+    tbptt-char-lm --compare       # also torch.nn.LSTM, side by side
+    tbptt-char-lm --text FILE     # your own text
 """
 
 from __future__ import annotations
