@@ -18,6 +18,7 @@ import time
 import torch
 
 import tbptt_ext
+from run import ChunkRunner  # benchmarks/run.py: the same chunk step
 
 # (cell, B, I, H, k) from the core issue.
 SHAPES = [
@@ -29,31 +30,6 @@ SHAPES = [
     ("GRU", 64, 512, 512, 50),
 ]
 QUICK_SHAPES = [("RNN", 8, 32, 64, 20), ("LSTM", 8, 32, 64, 20), ("GRU", 8, 32, 64, 20)]
-
-
-def detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
-class ChunkRunner:
-    """Trains `rnn` + a linear head on a stream of chunks, carrying the state."""
-
-    def __init__(self, rnn, B, I, H, k, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.rnn = rnn
-        self.head = torch.nn.Linear(H, I)
-        self.opt = torch.optim.SGD(list(rnn.parameters()) + list(self.head.parameters()), lr=1e-3)
-        self.x = torch.randn(k, B, I, generator=g)
-        self.y = torch.randn(k, B, I, generator=g)
-        self.state = None
-
-    def step(self):
-        out, state = self.rnn(self.x, self.state)
-        self.state = detach(state)
-        loss = torch.nn.functional.mse_loss(self.head(out), self.y)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
 
 
 def make_pair(cell, I, H):

@@ -82,12 +82,11 @@ def build(impl: str, cell: str, I: int, H: int, device, dtype, reference_state: 
     return rnn
 
 
-def detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
 class ChunkRunner:
-    def __init__(self, rnn, B, I, H, k, device, dtype):
+    """Trains `rnn` + a linear head on one chunk of k steps per step(), carrying the
+    detached state: the seed's TBPTT loop."""
+
+    def __init__(self, rnn, B, I, H, k, device="cpu", dtype=torch.float32):
         g = torch.Generator(device="cpu").manual_seed(0)
         self.rnn = rnn
         self.head = nn.Linear(H, I, device=device, dtype=dtype)
@@ -98,7 +97,7 @@ class ChunkRunner:
 
     def step(self):
         out, state = self.rnn(self.x, self.state)
-        self.state = detach(state)
+        self.state = tbptt_ext.detach_state(state)
         loss = nn.functional.mse_loss(self.head(out), self.y)
         loss.backward()
         self.opt.step()
