@@ -62,7 +62,7 @@ def extensions():
     # extension itself is compiled with OpenMP (torch's CPU build uses it).
     # (Apple's clang has no -fopenmp: there the kernels run single-threaded.)
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", *openmp]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", "-ffp-contract=fast", *openmp]
     link_flags = openmp
     sources = [os.path.relpath(p, ROOT) for p in ["csrc/register.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
     if not use_cuda:

@@ -155,7 +155,7 @@ def run_point(args, device, dtype, cell, B, I, H, k, log) -> list[dict]:
     ref = getattr(tbptt_ext, cell)(I, H, device=device, dtype=dtype).state_dict()
     runners, rows = {}, []
     for impl in args.impls:
-        if impl == "tbptt_ext" and not tbptt_ext._ops.has_fused_kernel(device.type, dtype):
+        if impl == "tbptt_ext" and not tbptt_ext.ops.has_fused_kernel(device.type, dtype):
             rows.append(dict(impl=impl, status=f"no fused kernel for {device.type}/{dtype}"))
             continue
         started = time.perf_counter()
@@ -189,7 +189,7 @@ def memory_vs_T(args, device, log) -> list[dict]:
     cell, B, H, k = "LSTM", args.memory_batch, args.memory_hidden, args.k
     for T in args.memory_T:
         for impl in ["torch.nn", "tbptt_ext"]:
-            if impl == "tbptt_ext" and not tbptt_ext._ops.has_fused_kernel(device.type, torch.float32):
+            if impl == "tbptt_ext" and not tbptt_ext.ops.has_fused_kernel(device.type, torch.float32):
                 continue
             for mode in ["full BPTT", "TBPTT"]:
                 torch.manual_seed(0)

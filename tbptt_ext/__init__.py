@@ -1,7 +1,7 @@
 """tbptt_ext: fused RNN/LSTM/GRU chunk kernels for truncated backpropagation through time."""
 
-from . import reference
-from ._ops import compiled_backends
+from . import ops, reference
+from .ops import compiled_backends
 from .functions import GRUChunk, LSTMChunk, RNNChunk
 from .modules import GRU, LSTM, RNN
 from .tbptt import TBPTT, TBPTTResult, TBPTTUpdate, detach_state
@@ -14,6 +14,7 @@ __all__ = [
     "LSTMChunk",
     "GRUChunk",
     "compiled_backends",
+    "ops",
     "reference",
     "TBPTT",
     "TBPTTResult",

@@ -1,10 +1,14 @@
-"""One autograd.Function per cell over a whole chunk.
+"""One autograd.Function per cell over a whole chunk of one layer and direction.
 
-Each calls the chunk forward op once and, in backward, the chunk backward op
-once: ``torch.ops.tbptt_ext.*`` when ``fused`` is True, :mod:`tbptt_ext.reference`
-otherwise. The input projection (x W_ih^T + b) is not part of these: the modules
-compute it with one GEMM outside the recurrence and autograd turns grad_xproj into
-the gradients of x, W_ih and the biases.
+Each calls the chunk forward op once and, in backward, the chunk backward op once:
+:mod:`tbptt_ext.ops` when ``fused`` is True, :mod:`tbptt_ext.reference` otherwise
+(the same functions). The op does the input projection and the weight gradients
+itself, so autograd sees one node per layer and direction.
+
+Arguments: ``input [T, B, I]``, the layer's torch.nn parameters (biases may be None),
+the entering state ``h0`` (and ``c0``) ``[B, H]``, then ``reset`` ([T, B] bool or
+None), ``reverse``, ``fused`` and ``flow`` (None, or a callable that receives the
+per-step gradient norms ``[T]`` of each backward: see tbptt_ext.diagnostics).
 """
 
 from __future__ import annotations
@@ -12,68 +16,87 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import reference
+from . import ops, reference
 
 
 def _impl(fused: bool):
-    return torch.ops.tbptt_ext if fused else reference
+    return ops if fused else reference
+
+
+def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
+    return (grad_b_ih if ctx.needs_input_grad[first] else None, grad_b_hh if ctx.needs_input_grad[first + 1] else None)
+
+
+def _report(flow, norms):
+    if flow is not None:
+        flow(norms)
 
 
 class RNNChunk(torch.autograd.Function):
-    """(xproj [T,B,H], w_hh [H,H], h0 [B,H]) -> (output [T,B,H], h_n [B,H])."""
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow) -> (output [T,B,H], h_n [B,H])."""
 
     @staticmethod
-    def forward(ctx, xproj, w_hh, h0, relu: bool, fused: bool):
-        output, h_n = _impl(fused).rnn_chunk_forward(xproj, w_hh, h0, relu)
-        ctx.save_for_backward(output, w_hh, h0)
-        ctx.relu, ctx.fused = relu, fused
+    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
+        output, h_n = _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+        ctx.save_for_backward(input, output, w_ih, w_hh, h0, reset)
+        ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
         return output, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_h_n):
-        output, w_hh, h0 = ctx.saved_tensors
-        grad_xproj, grad_h0, grad_w_hh = _impl(ctx.fused).rnn_chunk_backward(
-            grad_output, grad_h_n, output, w_hh, h0, ctx.relu
+        input, output, w_ih, w_hh, h0, reset = ctx.saved_tensors
+        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, norms = _impl(ctx.fused).rnn_chunk_backward(
+            grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, ctx.reverse, ctx.relu,
+            ctx.needs_input_grad[0], ctx.flow is not None,
         )
-        return grad_xproj, grad_w_hh, grad_h0, None, None
+        _report(ctx.flow, norms)
+        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, None, None, None, None, None)
 
 
 class LSTMChunk(torch.autograd.Function):
-    """(xproj [T,B,4H], w_hh [4H,H], h0, c0 [B,H]) -> (output [T,B,H], h_n, c_n [B,H])."""
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow) -> (output [T,B,H], h_n, c_n [B,H])."""
 
     @staticmethod
-    def forward(ctx, xproj, w_hh, h0, c0, fused: bool):
-        output, h_n, c_n, gates, cell = _impl(fused).lstm_chunk_forward(xproj, w_hh, h0, c0)
-        ctx.save_for_backward(output, gates, cell, w_hh, h0, c0)
-        ctx.fused = fused
+    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None):
+        output, h_n, c_n, saved = _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset,
+                                                                  reverse)
+        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, c0, reset)
+        ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         return output, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
-        output, gates, cell, w_hh, h0, c0 = ctx.saved_tensors
-        grad_xproj, grad_h0, grad_c0, grad_w_hh = _impl(ctx.fused).lstm_chunk_backward(
-            grad_output, grad_h_n, grad_c_n, output, gates, cell, w_hh, h0, c0
+        input, output, saved, w_ih, w_hh, h0, c0, reset = ctx.saved_tensors
+        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms = _impl(ctx.fused).lstm_chunk_backward(
+            grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, ctx.reverse,
+            ctx.needs_input_grad[0], ctx.flow is not None,
         )
-        return grad_xproj, grad_w_hh, grad_h0, grad_c0, None
+        _report(ctx.flow, norms)
+        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, grad_c0, None, None, None, None)
 
 
 class GRUChunk(torch.autograd.Function):
-    """(xproj [T,B,3H], w_hh [3H,H], b_hh [3H] or None, h0 [B,H]) -> (output [T,B,H], h_n [B,H])."""
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow) -> (output [T,B,H], h_n [B,H])."""
 
     @staticmethod
-    def forward(ctx, xproj, w_hh, b_hh, h0, fused: bool):
-        output, h_n, gates = _impl(fused).gru_chunk_forward(xproj, w_hh, b_hh, h0)
-        ctx.save_for_backward(output, gates, w_hh, h0)
-        ctx.fused, ctx.has_bias = fused, b_hh is not None
+    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
+        output, h_n, saved = _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, reset)
+        ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         return output, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_h_n):
-        output, gates, w_hh, h0 = ctx.saved_tensors
-        grad_xproj, grad_h0, grad_w_hh, grad_b_hh = _impl(ctx.fused).gru_chunk_backward(
-            grad_output, grad_h_n, output, gates, w_hh, h0
+        input, output, saved, w_ih, w_hh, h0, reset = ctx.saved_tensors
+        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, norms = _impl(ctx.fused).gru_chunk_backward(
+            grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, ctx.reverse,
+            ctx.needs_input_grad[0], ctx.flow is not None,
         )
-        return grad_xproj, grad_w_hh, grad_b_hh if ctx.has_bias else None, grad_h0, None
+        _report(ctx.flow, norms)
+        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                *_bias_grads(ctx, 3, grad_b_ih, grad_b_hh), grad_h0, None, None, None, None)

@@ -7,11 +7,14 @@ both directions), plus the keyword ``backend``:
 * ``"auto"`` (default): the fused kernels where one is compiled for the input's
   device and dtype, :mod:`tbptt_ext.reference` otherwise;
 * ``"fused"``: the fused kernels, or a RuntimeError saying why there is none;
-* ``"reference"``: the plain-PyTorch reference.
+* ``"reference"``: the plain-PyTorch reference;
 
-Per layer and direction, the input projection of the whole sequence is one GEMM,
-then one autograd.Function call runs the recurrence over all steps (one call per
-run of equal batch size for a PackedSequence).
+and the keyword ``reset`` of ``forward``: a [T, B] bool mask ([B, T] with
+batch_first, [T] unbatched) whose True entries restart a row's state at that step.
+
+Per layer and direction, one autograd.Function call runs the whole chunk (input
+projection, recurrence, and in backward the recurrence and weight gradients); a
+PackedSequence takes one call per run of equal batch size.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _ops
+from . import ops
 from .functions import GRUChunk, LSTMChunk, RNNChunk
 
 BACKENDS = ("auto", "fused", "reference")
@@ -36,13 +39,13 @@ def _warn_missing_extension() -> None:
         _warned_missing_extension = True
         warnings.warn(
             "tbptt_ext: the compiled extension could not be loaded "
-            f"({_ops.EXTENSION_ERROR}); running the plain-PyTorch reference instead. "
+            f"({ops.EXTENSION_ERROR}); running the plain-PyTorch reference instead. "
             "Install with `pip install --no-build-isolation .` to get the fused kernels; if you did, "
             "this is probably the source tree's copy of tbptt_ext shadowing the installed one (python "
             "started in the repository root): run from another directory, use `pip install -e`, or the "
             "`tbptt-char-lm` command for the example.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -69,45 +72,198 @@ class _PackedLayout:
         self.reverse_index = (offsets[source_step] + batch_of_row).to(device)
 
 
-class _ChunkedRNNBase(nn.RNNBase):
-    _state_count = 1  # tensors in the recurrent state: 1 (h) or 2 (h, c)
+class _Input:
+    """The forward's input brought to one shape: time-major x [T, B, I] (or the packed
+    rows), how to restore the output, and the batch size the state must have."""
 
+    def __init__(self, x, batch, layout=None, packed_info=None, batched=True):
+        self.x, self.batch, self.layout = x, batch, layout
+        self.packed_info, self.batched = packed_info, batched
+
+
+class _ChunkedRNNBase(nn.RNNBase):
     def __init__(self, mode: str, *args, backend: str = "auto", **kwargs):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
+        self._flow_recorder = None  # set by tbptt_ext.diagnostics.GradientFlow
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
-    # ------------------------------------------------------------------ cells
-    def _project(self, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
-        bias = b_ih + b_hh if b_ih is not None else None
-        return F.linear(x, w_ih, bias)
+    @property
+    def _has_cell_state(self) -> bool:
+        return self.mode == "LSTM"
 
-    def _recur(self, xproj, state, w_hh, b_hh, fused):  # pragma: no cover - abstract
-        raise NotImplementedError
+    # ----------------------------------------------------------------- forward
+    def forward(self, input, hx=None, *, reset=None):
+        inp = self._normalize_input(input)
+        hx = self._initial_state(inp, hx)
+        states = tuple(hx) if self._has_cell_state else (hx,)
+        self._check_state_tensors(inp.x, states)
+        reset = self._normalize_reset(reset, input, inp)
+        fused = self._use_fused(inp.x)
+        output, final = self._run_layers(inp, states, reset, fused)
+        return self._restore_output(inp, output, final)
+
+    def _normalize_input(self, input) -> _Input:
+        name = type(self).__name__
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            layout = _PackedLayout(batch_sizes, data.device)
+            return _Input(data, int(batch_sizes[0]), layout, (batch_sizes, sorted_indices, unsorted_indices))
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
+        x = x.transpose(0, 1) if self.batch_first else x
+        if x.shape[0] == 0:  # as torch.nn
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        return _Input(x, x.shape[1], batched=batched)
+
+    def _initial_state(self, inp: _Input, hx):
+        batch_sizes = inp.packed_info[0] if inp.packed_info else None
+        if hx is None:
+            directions = 2 if self.bidirectional else 1
+            zeros = inp.x.new_zeros((self.num_layers * directions, inp.batch, self.hidden_size))
+            hx = (zeros, zeros) if self._has_cell_state else zeros
+        elif inp.packed_info:
+            hx = self.permute_hidden(hx, inp.packed_info[1])
+        else:
+            hx = self._check_hx_dims(hx, inp.batched)
+        # torch.nn's checks and messages (check_forward_args wants the batch-major view).
+        self.check_forward_args(inp.x if inp.packed_info else self._as_given(inp.x), hx, batch_sizes)
+        return hx
+
+    def _as_given(self, x: Tensor) -> Tensor:
+        return x.transpose(0, 1) if self.batch_first else x
+
+    def _normalize_reset(self, reset, input, inp: _Input) -> Tensor | None:
+        if reset is None:
+            return None
+        name = type(self).__name__
+        if inp.packed_info:
+            raise ValueError(
+                f"{name}: reset is not supported with PackedSequence input; pass a padded tensor and its "
+                "[T, B] reset mask instead"
+            )
+        if not isinstance(reset, Tensor):
+            raise TypeError(f"{name}: reset must be a bool tensor, got {type(reset).__name__}")
+        if reset.dtype != torch.bool and (reset.dtype.is_floating_point or reset.dtype.is_complex):
+            raise TypeError(f"{name}: reset must be a bool (or integer 0/1) tensor, got {reset.dtype}")
+        steps, batch = inp.x.shape[0], inp.x.shape[1]
+        if not inp.batched:
+            expected, layout = (steps,), "[T]"
+        elif self.batch_first:
+            expected, layout = (batch, steps), "[B, T] (batch_first=True)"
+        else:
+            expected, layout = (steps, batch), "[T, B]"
+        if tuple(reset.shape) != expected:
+            raise ValueError(f"{name}: reset must have shape {layout} = {list(expected)}, got {list(reset.shape)}")
+        if reset.device != inp.x.device:
+            raise RuntimeError(f"{name}: reset must be on the input's device {inp.x.device}, got {reset.device}")
+        reset = reset if reset.dtype == torch.bool else reset != 0
+        if not inp.batched:
+            reset = reset.unsqueeze(1)
+        elif self.batch_first:
+            reset = reset.t()
+        return reset.contiguous()
+
+    def _run_layers(self, inp: _Input, states: tuple[Tensor, ...], reset, fused):
+        directions = 2 if self.bidirectional else 1
+        recorder = getattr(self, "_flow_recorder", None)
+        flow = recorder.new_record(self) if recorder is not None else None
+        x, final = inp.x, [[] for _ in states]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                out, state = self._run_direction(
+                    x, inp.layout, layer, direction == 1, tuple(s[index] for s in states), reset, fused,
+                    flow.slot(index) if flow is not None else None,
+                )
+                outputs.append(out)
+                for i, s in enumerate(state):
+                    final[i].append(s)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, tuple(torch.stack(f, 0) for f in final)
+
+    def _restore_output(self, inp: _Input, output: Tensor, final: tuple[Tensor, ...]):
+        hidden = final if self._has_cell_state else final[0]
+        if inp.packed_info:
+            batch_sizes, sorted_indices, unsorted_indices = inp.packed_info
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        output = self._as_given(output)
+        if not inp.batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if self._has_cell_state else hidden.squeeze(1)
+        return output, hidden
+
+    # ------------------------------------------------------------------ cells
+    def _layer_params(self, layer: int, reverse: bool):
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        w_ih = getattr(self, "weight_ih" + suffix)
+        w_hh = getattr(self, "weight_hh" + suffix)
+        b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
+        b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
+        return w_ih, w_hh, b_ih, b_hh
+
+    def _run_cell(self, x, params, state, reset, reverse, fused, flow):
+        """One autograd.Function call: x [T, B, I] -> (output [T, B, H], final state)."""
+        if self.mode == "LSTM":
+            out, h, c = LSTMChunk.apply(x, *params, state[0], state[1], reset, reverse, fused, flow)
+            return out, (h, c)
+        if self.mode == "GRU":
+            out, h = GRUChunk.apply(x, *params, state[0], reset, reverse, fused, flow)
+            return out, (h,)
+        out, h = RNNChunk.apply(x, *params, state[0], reset, reverse, self.mode == "RNN_RELU", fused, flow)
+        return out, (h,)
+
+    def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow):
+        params = self._layer_params(layer, reverse)
+        if layout is None:
+            return self._run_cell(x, params, state, reset, reverse, fused, flow)
+        # PackedSequence: rows are time-major, batch sorted by decreasing length; each
+        # run of equal batch size is one chunk call, finished sequences keep their state.
+        # The reverse direction runs forward over the rows reversed within each sequence.
+        if reverse:
+            x = x.index_select(0, layout.reverse_index)
+        outs = []
+        for first, steps, batch in layout.segments:
+            seg = x[first : first + steps * batch].view(steps, batch, x.shape[-1])
+            out, new_state = self._run_cell(seg, params, tuple(s[:batch] for s in state), None, False, fused, flow)
+            state = tuple(
+                n if batch == s.shape[0] else torch.cat([n, s[batch:]], 0) for n, s in zip(new_state, state)
+            )
+            outs.append(out.reshape(steps * batch, out.shape[-1]))
+        out = torch.cat(outs, 0)
+        return (out.index_select(0, layout.reverse_index) if reverse else out), state
 
     # ------------------------------------------------------------------ checks
     def _use_fused(self, input: Tensor) -> bool:
         if self.backend == "reference":
             return False
         device, dtype = input.device.type, input.dtype
-        if _ops.has_fused_kernel(device, dtype):
+        if ops.has_fused_kernel(device, dtype):
             return True
         if self.backend == "fused":
-            compiled = sorted(_ops.compiled_backends())
+            compiled = sorted(ops.compiled_backends())
             raise RuntimeError(
                 f"{type(self).__name__}(backend='fused'): no fused kernel for device '{device}' "
                 f"and dtype {dtype}. Compiled backends: {compiled or 'none'}"
-                + (f" (extension not loaded: {_ops.EXTENSION_ERROR})" if _ops.EXTENSION_ERROR else "")
-                + f"; dtypes per backend: "
-                + ", ".join(f"{k}: {sorted(str(d) for d in v)}" for k, v in _ops.FUSED_DTYPES.items())
+                + (f" (extension not loaded: {ops.EXTENSION_ERROR})" if ops.EXTENSION_ERROR else "")
+                + "; dtypes per backend: "
+                + ", ".join(f"{k}: {sorted(str(d) for d in v)}" for k, v in ops.FUSED_DTYPES.items())
                 + ". Use backend='auto' or 'reference' to run the reference."
             )
-        if _ops.EXTENSION_ERROR is not None:
+        if ops.EXTENSION_ERROR is not None:
             _warn_missing_extension()
         return False
 
@@ -130,79 +286,10 @@ class _ChunkedRNNBase(nn.RNNBase):
                     f"convert it: {name}.to({input.dtype})"
                 )
 
-    # ----------------------------------------------------------------- forward
-    def forward(self, input, hx=None):
-        name = type(self).__name__
-        is_lstm = self._state_count == 2
-        num_directions = 2 if self.bidirectional else 1
-        packed = isinstance(input, PackedSequence)
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if packed:
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch = int(batch_sizes[0])
-            if hx is not None:
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            batch_sizes = sorted_indices = unsorted_indices = None
-            if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            max_batch = input.size(batch_dim)
-            if hx is not None:
-                hx = self._check_hx_dims(hx, is_batched)
-        if hx is None:
-            hidden_shape = (self.num_layers * num_directions, max_batch, self.hidden_size)
-            zeros = torch.zeros(hidden_shape, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros) if is_lstm else zeros
-        self.check_forward_args(input, hx, batch_sizes)
-        states = tuple(hx) if is_lstm else (hx,)
-        self._check_state_tensors(input, states)
-        fused = self._use_fused(input)
-
-        if packed:
-            layout = _PackedLayout(batch_sizes, input.device)
-            x = input
-        else:
-            layout = None
-            x = input.transpose(0, 1) if self.batch_first else input
-            if x.shape[0] == 0:  # as torch.nn
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        final = [[] for _ in states]
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(num_directions):
-                index = layer * num_directions + direction
-                out, state = self._run_direction(
-                    x, layer, direction == 1, tuple(s[index] for s in states), fused, layout
-                )
-                outputs.append(out)
-                for i, s in enumerate(state):
-                    final[i].append(s)
-            x = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        hidden = tuple(torch.stack(f, 0) for f in final)
-        hidden = hidden if is_lstm else hidden[0]
-
-        if packed:
-            return PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
-                hidden, unsorted_indices
-            )
-        output = x.transpose(0, 1) if self.batch_first else x
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
-        return output, hidden
-
     def _check_hx_dims(self, hx, is_batched: bool):
         want = 3 if is_batched else 2
         kind = "batched 3-D" if is_batched else "unbatched 2-D"
-        if self._state_count == 2:
+        if self._has_cell_state:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(
                     f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
@@ -219,37 +306,6 @@ class _ChunkedRNNBase(nn.RNNBase):
         if hx.dim() != want:
             raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
         return hx if is_batched else hx.unsqueeze(1)
-
-    def _layer_params(self, layer: int, reverse: bool):
-        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-        w_ih = getattr(self, "weight_ih" + suffix)
-        w_hh = getattr(self, "weight_hh" + suffix)
-        b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
-        b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
-        return w_ih, w_hh, b_ih, b_hh
-
-    def _run_direction(self, x, layer, reverse, state, fused, layout):
-        w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, reverse)
-        xproj = self._project(x, w_ih, b_ih, b_hh)
-        if layout is None:
-            if reverse:
-                xproj = xproj.flip(0)
-            out, state = self._recur(xproj, state, w_hh, b_hh, fused)
-            return (out.flip(0) if reverse else out), state
-        # PackedSequence: rows are time-major, batch sorted by decreasing length; each
-        # run of equal batch size is one chunk call, finished sequences keep their state.
-        if reverse:
-            xproj = xproj.index_select(0, layout.reverse_index)
-        outs = []
-        for first, steps, batch in layout.segments:
-            seg = xproj[first : first + steps * batch].view(steps, batch, xproj.shape[-1])
-            out, new_state = self._recur(seg, tuple(s[:batch] for s in state), w_hh, b_hh, fused)
-            state = tuple(
-                n if batch == s.shape[0] else torch.cat([n, s[batch:]], 0) for n, s in zip(new_state, state)
-            )
-            outs.append(out.reshape(steps * batch, out.shape[-1]))
-        out = torch.cat(outs, 0)
-        return (out.index_select(0, layout.reverse_index) if reverse else out), state
 
 
 class RNN(_ChunkedRNNBase):
@@ -279,10 +335,6 @@ class RNN(_ChunkedRNNBase):
             device=device, dtype=dtype, backend=backend,
         )
 
-    def _recur(self, xproj, state, w_hh, b_hh, fused):
-        out, h_n = RNNChunk.apply(xproj, w_hh, state[0], self.nonlinearity == "relu", fused)
-        return out, (h_n,)
-
 
 class LSTM(_ChunkedRNNBase):
     """Drop-in torch.nn.LSTM on fused chunk kernels; see the module docstring.
@@ -290,8 +342,6 @@ class LSTM(_ChunkedRNNBase):
     proj_size > 0 (LSTM with projections) is not implemented and raises
     NotImplementedError.
     """
-
-    _state_count = 2
 
     def __init__(
         self,
@@ -338,10 +388,6 @@ class LSTM(_ChunkedRNNBase):
             raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
-    def _recur(self, xproj, state, w_hh, b_hh, fused):
-        out, h_n, c_n = LSTMChunk.apply(xproj, w_hh, state[0], state[1], fused)
-        return out, (h_n, c_n)
-
 
 class GRU(_ChunkedRNNBase):
     """Drop-in torch.nn.GRU on fused chunk kernels; see the module docstring."""
@@ -364,10 +410,3 @@ class GRU(_ChunkedRNNBase):
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device=device, dtype=dtype, backend=backend,
         )
-
-    def _project(self, x, w_ih, b_ih, b_hh):
-        return F.linear(x, w_ih, b_ih)  # b_hh stays inside the cell: r * (W_hn h + b_hn)
-
-    def _recur(self, xproj, state, w_hh, b_hh, fused):
-        out, h_n = GRUChunk.apply(xproj, w_hh, b_hh, state[0], fused)
-        return out, (h_n,)

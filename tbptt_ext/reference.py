@@ -1,9 +1,10 @@
 """Plain-PyTorch chunk forward and explicit chunk backward of each cell.
 
-Same signatures and results as the ``torch.ops.tbptt_ext.*`` ops (see
-csrc/register.cpp for the shapes): the truth the fused kernels are tested against
-and the fallback where no kernel is compiled (other devices, half types on the CPU,
-a build without a compiler). The backward functions do not use autograd.
+Same signatures and results as the ops in :mod:`tbptt_ext.ops` (shapes and the
+meaning of every argument: csrc/register.cpp): the truth the fused kernels are
+tested against and the fallback where no kernel is compiled (other devices, half
+types on the CPU, a build without a compiler). The backward functions do not use
+autograd. Each cell's math is written out once per direction, step by step.
 """
 
 from __future__ import annotations
@@ -12,109 +13,185 @@ import torch
 from torch import Tensor
 
 
-def _weight_grad(grad_pre: Tensor, h0: Tensor, output: Tensor) -> Tensor:
-    """sum_t grad_pre_t^T h_{t-1} over the chunk, with h_{-1} = h0."""
-    if grad_pre.shape[0] == 0:
-        return grad_pre.new_zeros((grad_pre.shape[2], h0.shape[1]))
-    h_prev = torch.cat([h0.unsqueeze(0), output[:-1]], 0)
-    return torch.einsum("tbg,tbh->gh", grad_pre, h_prev)
+class _Chunk:
+    """Time order and state restarts of one chunk call (see csrc/chunk_params.h)."""
+
+    def __init__(self, input: Tensor, reset: Tensor | None, reverse: bool):
+        self.T, self.B = input.shape[0], input.shape[1]
+        self.reset = None if reset is None else reset.bool()
+        self.reverse = reverse
+
+    def time_of(self, s: int) -> int:
+        return self.T - 1 - s if self.reverse else s
+
+    def restarts(self, s: int) -> Tensor | None:
+        """Rows whose state entering processing step s is zero ([B] bool), or None."""
+        if self.reset is None:
+            return None
+        if not self.reverse:
+            return self.reset[s]
+        return self.reset[self.T - s] if s > 0 else None
+
+    def restart(self, state: Tensor, s: int) -> Tensor:
+        mask = self.restarts(s)
+        return state if mask is None else torch.where(mask.unsqueeze(1), torch.zeros_like(state), state)
+
+    def entering(self, sequence: Tensor, initial: Tensor) -> Tensor:
+        """The state entering every time step ([T, B, W], time order): `initial` where the
+        direction starts, the neighbouring step's value elsewhere, zero where a row restarts."""
+        steps = [None] * self.T
+        for s in range(self.T):
+            t = self.time_of(s)
+            steps[t] = self.restart(initial if s == 0 else sequence[self.time_of(s - 1)], s)
+        return _stack(steps, sequence, initial.shape[-1])
+
+    def stack(self, per_time: list, like: Tensor, width: int) -> Tensor:
+        return _stack(per_time, like, width)
 
 
-def _stack(steps: list[Tensor], like: Tensor, width: int) -> Tensor:
+def _stack(steps: list, like: Tensor, width: int) -> Tensor:
     if steps:
         return torch.stack(steps)
     return like.new_empty((0, like.shape[1], width))
 
 
+def _projection(input: Tensor, w_ih: Tensor, *biases: Tensor | None) -> Tensor:
+    xproj = input @ w_ih.t()
+    for b in biases:
+        if b is not None:
+            xproj = xproj + b
+    return xproj
+
+
+def _record(grads_h: list, like: Tensor, record_flow: bool) -> Tensor:
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if not record_flow:
+        return like.new_empty((0,), dtype=dtype)
+    if not grads_h:
+        return like.new_zeros((0,), dtype=dtype)
+    return torch.stack([torch.linalg.vector_norm(g.to(dtype)) for g in grads_h])
+
+
+def _input_grads(grad_xproj: Tensor, input: Tensor, w_ih: Tensor, input_needs_grad: bool):
+    grad_input = grad_xproj @ w_ih if input_needs_grad else input.new_empty((0,))
+    grad_w_ih = torch.einsum("tbg,tbi->gi", grad_xproj, input)
+    return grad_input, grad_w_ih, grad_xproj.sum((0, 1))
+
+
+def _weight_grad(grad_hp: Tensor, h_prev: Tensor) -> Tensor:
+    return torch.einsum("tbg,tbh->gh", grad_hp, h_prev)
+
+
 # ----------------------------------------------------------------- Elman RNN
-def rnn_chunk_forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+def rnn_chunk_forward(
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False, relu: bool = False,
+) -> tuple[Tensor, Tensor]:
+    chunk = _Chunk(input, reset, reverse)
     act = torch.relu if relu else torch.tanh
-    h, outputs = h0, []
-    for t in range(xproj.shape[0]):
-        h = act(torch.addmm(xproj[t], h, w_hh.t()))
-        outputs.append(h)
-    return _stack(outputs, xproj, h0.shape[1]), h.clone()
+    xproj = _projection(input, w_ih, b_ih, b_hh)
+    h, outputs = h0, [None] * chunk.T
+    for s in range(chunk.T):
+        t = chunk.time_of(s)
+        h = act(torch.addmm(xproj[t], chunk.restart(h, s), w_hh.t()))
+        outputs[t] = h
+    return chunk.stack(outputs, input, h0.shape[1]), h.clone()
 
 
 def rnn_chunk_backward(
-    grad_output: Tensor, grad_h_n: Tensor, output: Tensor, w_hh: Tensor, h0: Tensor, relu: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    carry, deltas = grad_h_n, []
-    for t in reversed(range(output.shape[0])):
-        grad_h = grad_output[t] + carry
+    grad_output: Tensor, grad_h_n: Tensor, input: Tensor, output: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False, relu: bool = False, input_needs_grad: bool = True,
+    record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    chunk = _Chunk(input, reset, reverse)
+    carry, deltas, grads_h = grad_h_n, [None] * chunk.T, [None] * chunk.T
+    for s in reversed(range(chunk.T)):
+        t = chunk.time_of(s)
+        grad_h = grad_output[t] + (chunk.restart(carry, s + 1) if s + 1 < chunk.T else carry)
         h = output[t]
         delta = grad_h * (h > 0) if relu else grad_h * (1 - h * h)
-        deltas.append(delta)
+        deltas[t], grads_h[t] = delta, grad_h
         carry = delta @ w_hh
-    grad_xproj = _stack(deltas[::-1], output, output.shape[2])
-    return grad_xproj, carry.clone(), _weight_grad(grad_xproj, h0, output)
+    grad_h0 = chunk.restart(carry, 0) if chunk.T else carry.clone()
+    grad_xproj = chunk.stack(deltas, output, output.shape[2])
+    grad_input, grad_w_ih, grad_bias = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
+    grad_w_hh = _weight_grad(grad_xproj, chunk.entering(output, h0))
+    return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, _record(grads_h, output, record_flow)
 
 
 # ---------------------------------------------------------------------- LSTM
 def lstm_chunk_forward(
-    xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor, c0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    chunk = _Chunk(input, reset, reverse)
+    xproj = _projection(input, w_ih, b_ih, b_hh)
     h, c = h0, c0
-    outputs, cells, gates_seq = [], [], []
-    for t in range(xproj.shape[0]):
+    outputs, saved = [None] * chunk.T, [None] * chunk.T
+    for s in range(chunk.T):
+        t = chunk.time_of(s)
+        h, c = chunk.restart(h, s), chunk.restart(c, s)
         pre_i, pre_f, pre_g, pre_o = torch.addmm(xproj[t], h, w_hh.t()).chunk(4, 1)
         i, f, g, o = pre_i.sigmoid(), pre_f.sigmoid(), pre_g.tanh(), pre_o.sigmoid()
         c = f * c + i * g
         h = o * c.tanh()
-        outputs.append(h)
-        cells.append(c)
-        gates_seq.append(torch.cat([i, f, g, o], 1))
+        outputs[t] = h
+        saved[t] = torch.cat([i, f, g, o, c], 1)
     hidden = h0.shape[1]
-    return (
-        _stack(outputs, xproj, hidden),
-        h.clone(),
-        c.clone(),
-        _stack(gates_seq, xproj, 4 * hidden),
-        _stack(cells, xproj, hidden),
-    )
+    return chunk.stack(outputs, input, hidden), h.clone(), c.clone(), chunk.stack(saved, input, 5 * hidden)
 
 
 def lstm_chunk_backward(
-    grad_output: Tensor,
-    grad_h_n: Tensor,
-    grad_c_n: Tensor,
-    output: Tensor,
-    gates: Tensor,
-    cell: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    carry_h, carry_c, grads = grad_h_n, grad_c_n, []
-    for t in reversed(range(gates.shape[0])):
-        i, f, g, o = gates[t].chunk(4, 1)
-        c = cell[t]
-        c_prev = cell[t - 1] if t > 0 else c0
+    grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, input: Tensor, output: Tensor, saved: Tensor,
+    w_ih: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, reset: Tensor | None = None, reverse: bool = False,
+    input_needs_grad: bool = True, record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    chunk = _Chunk(input, reset, reverse)
+    hidden = h0.shape[1]
+    cells = saved[:, :, 4 * hidden:]
+    c_prev_seq = chunk.entering(cells, c0)
+    carry_h, carry_c = grad_h_n, grad_c_n
+    grads, grads_h = [None] * chunk.T, [None] * chunk.T
+    for s in reversed(range(chunk.T)):
+        t = chunk.time_of(s)
+        if s + 1 < chunk.T:
+            carry_h, carry_c = chunk.restart(carry_h, s + 1), chunk.restart(carry_c, s + 1)
+        i, f, g, o, c = saved[t].chunk(5, 1)
         grad_h = grad_output[t] + carry_h
         tanh_c = c.tanh()
         grad_c = carry_c + grad_h * o * (1 - tanh_c * tanh_c)
         grad_pre = torch.cat(
             [
                 grad_c * g * i * (1 - i),
-                grad_c * c_prev * f * (1 - f),
+                grad_c * c_prev_seq[t] * f * (1 - f),
                 grad_c * i * (1 - g * g),
                 grad_h * tanh_c * o * (1 - o),
             ],
             1,
         )
-        grads.append(grad_pre)
+        grads[t], grads_h[t] = grad_pre, grad_h
         carry_c = grad_c * f
         carry_h = grad_pre @ w_hh
-    grad_xproj = _stack(grads[::-1], gates, gates.shape[2])
-    return grad_xproj, carry_h.clone(), carry_c.clone(), _weight_grad(grad_xproj, h0, output)
+    if chunk.T:
+        carry_h, carry_c = chunk.restart(carry_h, 0), chunk.restart(carry_c, 0)
+    grad_xproj = chunk.stack(grads, output, 4 * hidden)
+    grad_input, grad_w_ih, grad_bias = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
+    grad_w_hh = _weight_grad(grad_xproj, chunk.entering(output, h0))
+    return (grad_input, carry_h.clone(), carry_c.clone(), grad_w_ih, grad_w_hh, grad_bias,
+            _record(grads_h, output, record_flow))
 
 
 # ----------------------------------------------------------------------- GRU
 def gru_chunk_forward(
-    xproj: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    h, outputs, gates_seq = h0, [], []
-    for t in range(xproj.shape[0]):
+    chunk = _Chunk(input, reset, reverse)
+    xproj = _projection(input, w_ih, b_ih)
+    h, outputs, saved = h0, [None] * chunk.T, [None] * chunk.T
+    for s in range(chunk.T):
+        t = chunk.time_of(s)
+        h = chunk.restart(h, s)
         hp = torch.addmm(b_hh, h, w_hh.t()) if b_hh is not None else h @ w_hh.t()
         x_r, x_z, x_n = xproj[t].chunk(3, 1)
         hp_r, hp_z, hp_n = hp.chunk(3, 1)
@@ -122,33 +199,38 @@ def gru_chunk_forward(
         z = torch.sigmoid(x_z + hp_z)
         n = torch.tanh(x_n + r * hp_n)
         h = (1 - z) * n + z * h
-        outputs.append(h)
-        gates_seq.append(torch.cat([r, z, n, hp_n], 1))
+        outputs[t] = h
+        saved[t] = torch.cat([r, z, n, hp_n], 1)
     hidden = h0.shape[1]
-    return _stack(outputs, xproj, hidden), h.clone(), _stack(gates_seq, xproj, 4 * hidden)
+    return chunk.stack(outputs, input, hidden), h.clone(), chunk.stack(saved, input, 4 * hidden)
 
 
 def gru_chunk_backward(
-    grad_output: Tensor, grad_h_n: Tensor, output: Tensor, gates: Tensor, w_hh: Tensor, h0: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    carry, grads_x, grads_hp = grad_h_n, [], []
-    for t in reversed(range(output.shape[0])):
-        r, z, n, hp_n = gates[t].chunk(4, 1)
-        h_prev = output[t - 1] if t > 0 else h0
+    grad_output: Tensor, grad_h_n: Tensor, input: Tensor, output: Tensor, saved: Tensor, w_ih: Tensor,
+    w_hh: Tensor, h0: Tensor, reset: Tensor | None = None, reverse: bool = False, input_needs_grad: bool = True,
+    record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    chunk = _Chunk(input, reset, reverse)
+    h_prev_seq = chunk.entering(output, h0)
+    carry = grad_h_n
+    grads_x, grads_hp, grads_h = [None] * chunk.T, [None] * chunk.T, [None] * chunk.T
+    for s in reversed(range(chunk.T)):
+        t = chunk.time_of(s)
+        if s + 1 < chunk.T:
+            carry = chunk.restart(carry, s + 1)
+        r, z, n, hp_n = saved[t].chunk(4, 1)
         grad_h = grad_output[t] + carry
         grad_an = grad_h * (1 - z) * (1 - n * n)
-        grad_az = grad_h * (h_prev - n) * z * (1 - z)
+        grad_az = grad_h * (h_prev_seq[t] - n) * z * (1 - z)
         grad_ar = grad_an * hp_n * r * (1 - r)
-        grads_x.append(torch.cat([grad_ar, grad_az, grad_an], 1))
-        grad_hp = torch.cat([grad_ar, grad_az, grad_an * r], 1)
-        grads_hp.append(grad_hp)
-        carry = grad_h * z + grad_hp @ w_hh
+        grads_x[t] = torch.cat([grad_ar, grad_az, grad_an], 1)
+        grads_hp[t] = torch.cat([grad_ar, grad_az, grad_an * r], 1)
+        grads_h[t] = grad_h
+        carry = grad_h * z + grads_hp[t] @ w_hh
+    grad_h0 = chunk.restart(carry, 0) if chunk.T else carry.clone()
     hidden = h0.shape[1]
-    grad_xproj = _stack(grads_x[::-1], output, 3 * hidden)
-    grad_hp_seq = _stack(grads_hp[::-1], output, 3 * hidden)
-    return (
-        grad_xproj,
-        carry.clone(),
-        _weight_grad(grad_hp_seq, h0, output),
-        grad_hp_seq.sum((0, 1)),
-    )
+    grad_xproj = chunk.stack(grads_x, output, 3 * hidden)
+    grad_hp = chunk.stack(grads_hp, output, 3 * hidden)
+    grad_input, grad_w_ih, grad_b_ih = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
+    return (grad_input, grad_h0, grad_w_ih, _weight_grad(grad_hp, h_prev_seq), grad_b_ih, grad_hp.sum((0, 1)),
+            _record(grads_h, output, record_flow))

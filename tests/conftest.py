@@ -9,7 +9,7 @@ import tbptt_ext
 if os.environ.get("TBPTT_EXT_REQUIRE_COMPILED", "") == "1":
     assert "cpu" in tbptt_ext.compiled_backends(), (
         "TBPTT_EXT_REQUIRE_COMPILED=1 but the compiled CPU kernels are not loaded: "
-        f"{tbptt_ext._ops.EXTENSION_ERROR}"
+        f"{tbptt_ext.ops.EXTENSION_ERROR}"
     )
 
 requires_fused_cpu = pytest.mark.skipif(

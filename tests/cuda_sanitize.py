@@ -1,5 +1,5 @@
-"""Runs every CUDA chunk kernel once on a small configuration, for
-compute-sanitizer (not a pytest module):
+"""Runs every CUDA chunk kernel once on small configurations, for compute-sanitizer
+(not a pytest module); benchmarks/gpu_session.sh runs it under each tool:
 
     compute-sanitizer --tool memcheck  python tests/cuda_sanitize.py
     compute-sanitizer --tool racecheck python tests/cuda_sanitize.py
@@ -7,17 +7,16 @@ compute-sanitizer (not a pytest module):
 
 import torch
 
-import tbptt_ext  # noqa: F401  (registers the ops)
-from test_cuda import bwd, bwd_args, fwd, inputs
-
-OPS = torch.ops.tbptt_ext
+from test_cuda import CELLS, fwd_bwd, to_device
+from test_ops import forward_args
+from tbptt_ext import ops
 
 if __name__ == "__main__":
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        for cell, relu in (("rnn", False), ("rnn", True), ("lstm", False), ("gru", False)):
-            for T, B, H in ((3, 2, 5), (4, 3, 70)):
-                args = inputs(cell, T, B, H, dtype)
-                out = fwd(OPS, cell, args, relu)
-                bwd(OPS, cell, bwd_args(cell, args, out), relu)
+        for cell, relu in CELLS:
+            for T, B, I, H in ((3, 2, 4, 5), (4, 3, 6, 70)):
+                for reverse, reset in ((False, "none"), (True, "random")):
+                    args = to_device(forward_args(cell, T, B, I, H, torch.float64, 0, reset_kind=reset), dtype)
+                    fwd_bwd(ops, cell, relu, args, reverse)
     torch.cuda.synchronize()
     print("ran every kernel")

@@ -1,127 +1,172 @@
-"""The fused chunk ops against tbptt_ext.reference, gradcheck, opcheck and torch.compile."""
+"""The fused chunk ops against tbptt_ext.reference, gradcheck, opcheck, determinism."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import tbptt_ext
-from tbptt_ext import reference
+from tbptt_ext import ops, reference
 from tbptt_ext.functions import GRUChunk, LSTMChunk, RNNChunk
 from conftest import assert_close, requires_fused_cpu
 
 pytestmark = requires_fused_cpu
-OPS = torch.ops.tbptt_ext
-# (T, B, H): odd sizes, one step, one row, a hidden size off every vector width,
-# and a batch above the small-batch kernel's limit (BLAS path).
-SHAPES = [(1, 1, 1), (5, 3, 7), (9, 4, 33), (6, 13, 40), (4, 2, 64)]
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+CELLS = [("rnn", False), ("rnn", True), ("lstm", False), ("gru", False)]
+# (T, B, I, H): one step, one row, hidden sizes off every vector and panel width, a
+# batch off the tile height, an input wider than the hidden state.
+SHAPES = [(1, 1, 1, 1), (5, 3, 4, 7), (9, 4, 5, 33), (6, 13, 3, 40), (4, 2, 70, 64), (3, 7, 8, 17)]
 
 
-def chunk_inputs(cell, T, B, H, dtype, seed, requires_grad=False):
+def random_reset(T, B, generator, kind="random"):
+    if kind == "none":
+        return None
+    if kind == "random":
+        return torch.rand(T, B, generator=generator) < 0.3
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    if kind == "first":
+        reset[0] = True
+    elif kind == "last":
+        reset[-1] = True
+    elif kind == "all":
+        reset[:] = True
+    return reset
+
+
+def forward_args(cell, T, B, I, H, dtype, seed, bias=True, reset_kind="none", requires_grad=False):
     g = torch.Generator().manual_seed(seed)
-    blocks = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
 
     def rand(*shape, scale=1.0):
-        t = (torch.randn(*shape, dtype=dtype, generator=g) * scale).requires_grad_(requires_grad)
-        return t
+        return (torch.randn(*shape, dtype=dtype, generator=g) * scale).requires_grad_(requires_grad)
 
-    xproj = rand(T, B, blocks * H)
-    w_hh = rand(blocks * H, H, scale=H**-0.5)
-    h0 = rand(B, H)
-    if cell == "rnn":
-        return (xproj, w_hh, h0)
+    G = GATES[cell]
+    args = [rand(T, B, I), rand(G * H, I, scale=I**-0.5), rand(G * H, H, scale=H**-0.5)]
+    args += [rand(G * H), rand(G * H)] if bias else [None, None]
+    args.append(rand(B, H))
     if cell == "lstm":
-        return (xproj, w_hh, h0, rand(B, H))
-    return (xproj, w_hh, rand(3 * H), h0)
+        args.append(rand(B, H))
+    args.append(random_reset(T, B, g, reset_kind))
+    return args
 
 
-def backward_args(cell, fwd_in, fwd_out, seed):
+def run_forward(impl, cell, relu, args, reverse):
+    fn = getattr(impl, f"{cell}_chunk_forward")
+    return fn(*args, reverse, relu) if cell == "rnn" else fn(*args, reverse)
+
+
+def backward_args(cell, args, out, seed):
+    """Random output gradients and the saved tensors, in the backward op's order."""
     g = torch.Generator().manual_seed(seed + 1)
 
     def like(t):
         return torch.randn(t.shape, dtype=t.dtype, generator=g)
 
+    input, w_ih, w_hh, b_ih, b_hh, h0, *rest = args
+    reset = rest[-1]
     if cell == "rnn":
-        xproj, w_hh, h0 = fwd_in
-        output, h_n = fwd_out
-        return (like(output), like(h_n), output, w_hh, h0)
+        output, h_n = out
+        return [like(output), like(h_n), input, output, w_ih, w_hh, h0, reset]
     if cell == "lstm":
-        xproj, w_hh, h0, c0 = fwd_in
-        output, h_n, c_n, gates, cell_seq = fwd_out
-        return (like(output), like(h_n), like(c_n), output, gates, cell_seq, w_hh, h0, c0)
-    xproj, w_hh, b_hh, h0 = fwd_in
-    output, h_n, gates = fwd_out
-    return (like(output), like(h_n), output, gates, w_hh, h0)
+        output, h_n, c_n, saved = out
+        return [like(output), like(h_n), like(c_n), input, output, saved, w_ih, w_hh, h0, rest[0], reset]
+    output, h_n, saved = out
+    return [like(output), like(h_n), input, output, saved, w_ih, w_hh, h0, reset]
 
 
-def extra(cell, relu):
-    return (relu,) if cell == "rnn" else ()
+def run_backward(impl, cell, relu, bargs, reverse, input_needs_grad=True, record_flow=True):
+    fn = getattr(impl, f"{cell}_chunk_backward")
+    flags = (reverse, relu) if cell == "rnn" else (reverse,)
+    return fn(*bargs, *flags, input_needs_grad, record_flow)
+
+
+def check_against_reference(cell, relu, T, B, I, H, dtype, reverse, reset_kind, bias=True, seed=0):
+    args = forward_args(cell, T, B, I, H, dtype, seed, bias=bias, reset_kind=reset_kind)
+    fused = run_forward(ops, cell, relu, args, reverse)
+    ref = run_forward(reference, cell, relu, args, reverse)
+    for a, b in zip(fused, ref):
+        assert a.shape == b.shape
+        assert_close(a, b, dtype, f"{cell} forward")
+    bargs = backward_args(cell, args, ref, seed)
+    for needs_input in (True, False):
+        fused_grads = run_backward(ops, cell, relu, bargs, reverse, needs_input)
+        ref_grads = run_backward(reference, cell, relu, bargs, reverse, needs_input)
+        for i, (a, b) in enumerate(zip(fused_grads, ref_grads)):
+            assert a.shape == b.shape, (i, a.shape, b.shape)
+            assert_close(a, b, dtype, f"{cell} backward output {i}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("T,B,H", SHAPES)
-@pytest.mark.parametrize("cell,relu", [("rnn", False), ("rnn", True), ("lstm", False), ("gru", False)])
-def test_fused_ops_match_reference(cell, relu, T, B, H, dtype):
-    seed = T * 1000 + B * 100 + H
-    fwd_in = chunk_inputs(cell, T, B, H, dtype, seed)
-    fused_out = getattr(OPS, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, relu))
-    ref_out = getattr(reference, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, relu))
-    for a, b in zip(fused_out, ref_out):
-        assert_close(a, b, dtype, f"{cell} forward")
-    bwd_in = backward_args(cell, fwd_in, ref_out, seed)
-    fused_grads = getattr(OPS, f"{cell}_chunk_backward")(*bwd_in, *extra(cell, relu))
-    ref_grads = getattr(reference, f"{cell}_chunk_backward")(*bwd_in, *extra(cell, relu))
-    for a, b in zip(fused_grads, ref_grads):
-        assert_close(a, b, dtype, f"{cell} backward")
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_fused_ops_match_reference(cell, relu, T, B, I, H, dtype):
+    for reverse in (False, True):
+        check_against_reference(cell, relu, T, B, I, H, dtype, reverse, "none", seed=T * 1000 + B * 100 + H)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_zero_steps_and_zero_batch(cell):
+@pytest.mark.parametrize("reset_kind", ["random", "first", "last", "all"])
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_fused_ops_with_reset_match_reference(cell, relu, reset_kind):
+    for reverse in (False, True):
+        for T, B, I, H in [(7, 5, 3, 9), (12, 3, 6, 40)]:
+            check_against_reference(cell, relu, T, B, I, H, torch.float64, reverse, reset_kind, seed=T + B)
+
+
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_without_bias(cell, relu):
+    check_against_reference(cell, relu, 6, 3, 4, 10, torch.float64, False, "random", bias=False)
+
+
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_zero_steps_and_zero_batch(cell, relu):
     for T, B in [(0, 3), (4, 0)]:
-        fwd_in = chunk_inputs(cell, T, B, 5, torch.float64, 0)
-        fused_out = getattr(OPS, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, False))
-        ref_out = getattr(reference, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, False))
-        for a, b in zip(fused_out, ref_out):
+        args = forward_args(cell, T, B, 3, 5, torch.float64, 0)
+        fused = run_forward(ops, cell, relu, args, False)
+        ref = run_forward(reference, cell, relu, args, False)
+        for a, b in zip(fused, ref):
             assert a.shape == b.shape
             assert_close(a, b, torch.float64, "forward")
-        bwd_in = backward_args(cell, fwd_in, ref_out, 0)
-        fused_grads = getattr(OPS, f"{cell}_chunk_backward")(*bwd_in, *extra(cell, False))
-        ref_grads = getattr(reference, f"{cell}_chunk_backward")(*bwd_in, *extra(cell, False))
-        for a, b in zip(fused_grads, ref_grads):
+        bargs = backward_args(cell, args, ref, 0)
+        for a, b in zip(run_backward(ops, cell, relu, bargs, False), run_backward(reference, cell, relu, bargs, False)):
             assert a.shape == b.shape
             assert_close(a, b, torch.float64, "backward")
 
 
-def apply_function(cell, fused, relu=False):
+def apply_function(cell, fused, relu=False, reverse=False, reset=None):
     if cell == "rnn":
-        return lambda xproj, w_hh, h0: RNNChunk.apply(xproj, w_hh, h0, relu, fused)
+        return lambda *a: RNNChunk.apply(*a, reset, reverse, relu, fused)
     if cell == "lstm":
-        return lambda xproj, w_hh, h0, c0: LSTMChunk.apply(xproj, w_hh, h0, c0, fused)
-    return lambda xproj, w_hh, b_hh, h0: GRUChunk.apply(xproj, w_hh, b_hh, h0, fused)
+        return lambda *a: LSTMChunk.apply(*a, reset, reverse, fused)
+    return lambda *a: GRUChunk.apply(*a, reset, reverse, fused)
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("cell,relu", [("rnn", False), ("rnn", True), ("lstm", False), ("gru", False)])
+@pytest.mark.parametrize("cell,relu", CELLS)
 def test_gradcheck(cell, relu, fused):
-    inputs = chunk_inputs(cell, 4, 3, 5, torch.float64, 7, requires_grad=True)
-    assert torch.autograd.gradcheck(apply_function(cell, fused, relu), inputs, atol=1e-7, rtol=1e-6)
+    for reverse, reset_kind in [(False, "none"), (True, "random"), (False, "random")]:
+        *inputs, reset = forward_args(cell, 4, 3, 2, 5, torch.float64, 7, reset_kind=reset_kind, requires_grad=True)
+        fn = apply_function(cell, fused, relu, reverse, reset)
+        assert torch.autograd.gradcheck(fn, inputs, atol=1e-7, rtol=1e-6)
 
 
-def test_gru_without_bias_gradcheck():
-    xproj, w_hh, _, h0 = chunk_inputs("gru", 4, 3, 5, torch.float64, 3, requires_grad=True)
-    fn = lambda x, w, h: GRUChunk.apply(x, w, None, h, True)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (xproj, w_hh, h0))
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_gradcheck_without_bias(cell, relu):
+    *inputs, reset = forward_args(cell, 4, 3, 2, 5, torch.float64, 3, bias=False, requires_grad=True)
+    assert torch.autograd.gradcheck(apply_function(cell, True, relu), inputs)
 
 
-@pytest.mark.parametrize("cell,relu", [("rnn", False), ("rnn", True), ("lstm", False), ("gru", False)])
+@pytest.mark.parametrize("cell,relu", CELLS)
 def test_opcheck(cell, relu):
-    fwd_in = chunk_inputs(cell, 5, 3, 6, torch.float32, 11)
-    fwd_op = getattr(OPS, f"{cell}_chunk_forward").default
-    torch.library.opcheck(fwd_op, (*fwd_in, *extra(cell, relu)))
-    fwd_out = fwd_op(*fwd_in, *extra(cell, relu))
-    bwd_op = getattr(OPS, f"{cell}_chunk_backward").default
-    torch.library.opcheck(bwd_op, (*backward_args(cell, fwd_in, fwd_out, 11), *extra(cell, relu)))
-    if cell == "gru":
-        xproj, w_hh, _, h0 = fwd_in
-        torch.library.opcheck(fwd_op, (xproj, w_hh, None, h0))
+    for reset_kind in ("none", "random"):
+        args = forward_args(cell, 5, 3, 4, 6, torch.float32, 11, reset_kind=reset_kind)
+        fwd = getattr(torch.ops.tbptt_ext, f"{cell}_chunk_forward").default
+        flags = (True, relu) if cell == "rnn" else (True,)
+        torch.library.opcheck(fwd, (*args, *flags))
+        out = fwd(*args, *flags)
+        bwd = getattr(torch.ops.tbptt_ext, f"{cell}_chunk_backward").default
+        for needs_input, record in [(True, True), (False, False)]:
+            torch.library.opcheck(bwd, (*backward_args(cell, args, out, 11), *flags, needs_input, record))
 
 
 def test_compiled_backends():
@@ -129,35 +174,72 @@ def test_compiled_backends():
     assert isinstance(backends, set)
     assert "cpu" in backends
     assert backends <= {"cpu", "cuda"}
+    assert ops.cpu_isa() in {"baseline", "avx2", "avx512"}
 
 
 def test_op_argument_errors_are_clear():
-    xproj, w_hh, h0 = chunk_inputs("rnn", 3, 2, 4, torch.float32, 0)
-    with pytest.raises(RuntimeError, match="w_hh must be"):
-        OPS.rnn_chunk_forward(xproj, w_hh[:, :3], h0, False)
-    with pytest.raises(RuntimeError, match="batch size"):
-        OPS.rnn_chunk_forward(xproj, w_hh, h0[:1], False)
+    x, w_ih, w_hh, b_ih, b_hh, h0, reset = forward_args("rnn", 3, 2, 3, 4, torch.float32, 0)
+    fwd = torch.ops.tbptt_ext.rnn_chunk_forward
+    with pytest.raises(RuntimeError, match=r"w_hh must have shape \[4, 4\]"):
+        fwd(x, w_ih, w_hh[:, :3], b_ih, b_hh, h0, None, False, False)
+    with pytest.raises(RuntimeError, match=r"w_ih must have shape \[4, 3\]"):
+        fwd(x, w_ih[:, :2], w_hh, b_ih, b_hh, h0, None, False, False)
+    with pytest.raises(RuntimeError, match=r"h0 must have shape \[2, 4\]"):
+        fwd(x, w_ih, w_hh, b_ih, b_hh, h0[:1], None, False, False)
     with pytest.raises(RuntimeError, match="dtype"):
-        OPS.rnn_chunk_forward(xproj, w_hh.double(), h0, False)
+        fwd(x, w_ih, w_hh.double(), b_ih, b_hh, h0, None, False, False)
+    with pytest.raises(RuntimeError, match=r"b_hh must have shape \[4\]"):
+        fwd(x, w_ih, w_hh, b_ih, b_hh[:2], h0, None, False, False)
     with pytest.raises(RuntimeError, match="float32 and float64"):
-        OPS.rnn_chunk_forward(xproj.half(), w_hh.half(), h0.half(), False)
-    with pytest.raises(RuntimeError, match="xproj must be"):
-        OPS.lstm_chunk_forward(xproj[0], w_hh, h0, h0)
+        fwd(x.half(), w_ih.half(), w_hh.half(), None, None, h0.half(), None, False, False)
+    with pytest.raises(RuntimeError, match=r"input must be \[T, B, I\]"):
+        fwd(x[0], w_ih, w_hh, b_ih, b_hh, h0, None, False, False)
+    with pytest.raises(RuntimeError, match=r"reset must have shape \[T, B\] = \[3, 2\]"):
+        fwd(x, w_ih, w_hh, b_ih, b_hh, h0, torch.zeros(2, 3, dtype=torch.bool), False, False)
+    with pytest.raises(RuntimeError, match="reset must be a bool"):
+        fwd(x, w_ih, w_hh, b_ih, b_hh, h0, torch.zeros(3, 2), False, False)
 
 
-@pytest.mark.parametrize("cell,relu", [("rnn", False), ("lstm", False), ("gru", False)])
+@pytest.mark.parametrize("cell,relu", CELLS)
 def test_bitwise_identical_across_runs_and_thread_counts(cell, relu):
-    fwd_in = chunk_inputs(cell, 12, 9, 70, torch.float32, 5)
+    args = forward_args(cell, 12, 9, 6, 70, torch.float32, 5, reset_kind="random")
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (threads, 1, threads):
             torch.set_num_threads(n)
-            out = getattr(OPS, f"{cell}_chunk_forward")(*fwd_in, *extra(cell, relu))
-            grads = getattr(OPS, f"{cell}_chunk_backward")(*backward_args(cell, fwd_in, out, 5), *extra(cell, relu))
+            out = run_forward(ops, cell, relu, args, False)
+            grads = run_backward(ops, cell, relu, backward_args(cell, args, out, 5), False)
             results.append([*out, *grads])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+ISA_CHECK = """
+import torch
+from tbptt_ext import ops
+import test_ops
+assert ops.cpu_isa() == {isa!r}, ops.cpu_isa()
+for cell, relu in test_ops.CELLS:
+    for dtype in (torch.float32, torch.float64):
+        for T, B, I, H in [(5, 3, 4, 7), (4, 13, 5, 70)]:
+            for reverse, reset in [(False, "none"), (True, "random")]:
+                test_ops.check_against_reference(cell, relu, T, B, I, H, dtype, reverse, reset)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_instruction_set_variant(isa):
+    """The kernels are compiled per instruction set; run each one this machine has."""
+    order = ["baseline", "avx2", "avx512"]
+    if order.index(isa) > order.index(ops.cpu_isa()):
+        pytest.skip(f"this CPU runs {ops.cpu_isa()}, not {isa}")
+    env = dict(os.environ, TBPTT_EXT_CPU_ISA=isa)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", ISA_CHECK.format(isa=isa)], cwd=tests_dir, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

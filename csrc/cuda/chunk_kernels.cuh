@@ -1,19 +1,21 @@
-// Persistent CUDA kernels: one cooperative launch runs all T steps of a chunk's
-// forward recurrence, another all steps of its backward.
+// Persistent CUDA kernels over the cell traits (csrc/cells/): one cooperative launch
+// runs all T steps of a chunk's forward recurrence, another all steps of its backward.
 //
 // Block b owns hidden units [j0, j0 + U) for the whole chunk and keeps the W_hh rows
 // it needs in shared memory (rows g*H + j of W_hh for the forward, rows j of W_hh^T
-// for the backward) when they fit, else reads them from global memory (L2) each
-// step. Per forward step: (1) the block computes h_{t-1} W_hh^T for its G*U gate
-// columns and all B rows (reading h_{t-1} of every unit, written by every block in
-// the previous step), (2) the pointwise cell update for its own units (cells.h),
-// then (3) one grid-wide barrier. Per backward step: (1) the pointwise backward for
-// its own units (it owns the carried gradient of those units), a grid-wide barrier,
-// (2) the gradient carried to h_{t-1} for its own units, delta_t W_hh, reading
-// delta_t of every unit. The delta scratch is double-buffered by step parity, so the
-// next step's pointwise cannot overwrite what a slower block is still reading.
+// for the backward) when they fit, else reads them from global memory (L2) each step.
+// Forward step s (time t = time_of(s)): (1) the block computes h_{t-1} W_hh^T for its
+// G*U gate columns and all B rows (reading h_{t-1} of every unit, written by every
+// block in the previous step), (2) Cell::forward for its own units, (3) one grid-wide
+// barrier. Backward step: (1) Cell::backward for its own units (it owns their carried
+// gradient), a grid-wide barrier, (2) the gradient carried to h_{t-1} for its own
+// units, grad_hp_t W_hh, reading grad_hp_t of every unit. The grad_hp scratch is
+// double-buffered by step parity, so the next step's pointwise phase cannot overwrite
+// what a slower block is still reading.
 // The dot products of the matrix phases are one warp each (lanes striding over the
 // reduction, coalesced), summed in a fixed order: results are bitwise reproducible.
+// A row whose state restarts (reset mask) reads h_prev = c_prev = 0 and no W_hh product;
+// no carry crosses into the step before it.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -21,8 +23,11 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 
-#include "../cells.h"
+#include "../cells/gru.h"
+#include "../cells/lstm.h"
+#include "../cells/rnn.h"
 #include "chunk_launch.h"
 
 namespace tbptt::cuda {
@@ -31,27 +36,46 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 
-template <Cell C>
-constexpr int gates_of() {
-  return C == Cell::LSTM ? 4 : (C == Cell::GRU ? 3 : 1);
+// ------------------------------------------------------------- conversions
+TBPTT_HD float to_acc(float x) { return x; }
+TBPTT_HD double to_acc(double x) { return x; }
+TBPTT_HD float to_acc(__half x) { return __half2float(x); }
+TBPTT_HD float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename Scalar>
+TBPTT_HD Scalar from_acc(float x) {
+  if constexpr (std::is_same_v<Scalar, __half>) {
+    return __float2half(x);
+  } else if constexpr (std::is_same_v<Scalar, __nv_bfloat16>) {
+    return __float2bfloat16(x);
+  } else {
+    return x;
+  }
+}
+template <typename Scalar>
+TBPTT_HD Scalar from_acc(double x) {
+  return x;
 }
 
-// ------------------------------------------------------------- conversions
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
+struct ToAcc {
+  template <typename S>
+  TBPTT_HD auto operator()(S v) const {
+    return to_acc(v);
+  }
+};
 template <typename Scalar>
-__device__ __forceinline__ Scalar from_acc(float x);
-template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <typename Scalar>
-__device__ __forceinline__ Scalar from_acc(double x) { return x; }
+struct FromAcc {
+  template <typename A>
+  TBPTT_HD Scalar operator()(A v) const {
+    return from_acc<Scalar>(v);
+  }
+};
+struct Identity {
+  template <typename A>
+  TBPTT_HD A operator()(A v) const {
+    return v;
+  }
+};
 
 // Loads of data written by other blocks earlier in the same launch: through L2,
 // bypassing the (non-coherent) L1.
@@ -74,36 +98,37 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
 }
 
 // --------------------------------------------------------------- forward
-template <Cell C, typename Scalar, typename Acc, bool W_SMEM>
-__global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<Scalar, Acc> p, int64_t units) {
-  constexpr int G = gates_of<C>();
+template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
+__global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardParams<Scalar, Acc> p, int64_t units) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kCell = Cell::kCellIndex >= 0;
   cg::grid_group grid = cg::this_grid();
-  const int64_t H = p.H, B = p.B, GH = G * H, step = B * H;
+  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H, step_elems = B * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int64_t ldw = H;  // row stride in shared memory (a warp reads along one row)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [G*U, ldw]: row g*U + u = W_hh row g*H + j0 + u
+  Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [G*U, H]: row g*U + u = W_hh row g*H + j0 + u
   if (W_SMEM) {
     for (int64_t i = threadIdx.x; i < G * U * H; i += blockDim.x) {
       const int64_t row = i / H, k = i % H, g = row / U, u = row % U;
-      w_smem[row * ldw + k] = p.w_hh[(g * H + j0 + u) * H + k];
+      w_smem[row * H + k] = p.w_hh[(g * H + j0 + u) * H + k];
     }
   }
   for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
     const int64_t b = i / U, j = j0 + i % U;
-    if (C == Cell::LSTM) p.state[b * H + j] = to_acc(p.c0[b * H + j]);
-    if (C == Cell::GRU) p.state[b * H + j] = to_acc(p.h0[b * H + j]);
+    p.h_state[b * H + j] = to_acc(p.h0[b * H + j]);
+    if (kCell) p.c_state[b * H + j] = to_acc(p.c0[b * H + j]);
   }
   __syncthreads();
-  for (int64_t t = 0; t < p.T; ++t) {
-    const Scalar* h_prev = t > 0 ? p.output + (t - 1) * step : p.h0;
+  for (int64_t s = 0; s < p.T; ++s) {
+    const int64_t t = p.time_of(s);
+    const Scalar* h_prev = s > 0 ? p.output + p.time_of(s - 1) * step_elems : p.h0;
     // (1) pre[b, g*H + j] = sum_k h_{t-1}[b, k] W_hh[g*H + j, k] for the own units j:
     // one warp per output, lanes striding over k (coalesced), a fixed-order warp sum.
     for (int64_t item = warp; item < B * G * U; item += warps) {
       const int64_t b = item / (G * U), col = item % (G * U), g = col / U, u = col % U;
-      const Scalar* w_row = W_SMEM ? w_smem + col * ldw : p.w_hh + (g * H + j0 + u) * H;
+      const Scalar* w_row = W_SMEM ? w_smem + col * H : p.w_hh + (g * H + j0 + u) * H;
       const Scalar* h_row = h_prev + b * H;
       Acc sum = 0;
       for (int64_t k = lane; k < H; k += 32) sum += to_acc(load_cg(h_row + k)) * to_acc(w_row[k]);
@@ -112,138 +137,95 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(ForwardParams<S
     }
     __syncthreads();
     // (2) the pointwise cell update for the own units.
-    const Scalar* x_t = p.xproj + t * B * GH;
-    Scalar* out_t = p.output + t * step;
     for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-      const int64_t b = i / U, j = j0 + i % U;
-      const Scalar* x = x_t + b * GH;
-      const Acc* pre = p.pre + b * GH;
-      if constexpr (C == Cell::RNN_TANH || C == Cell::RNN_RELU) {
-        out_t[b * H + j] = from_acc<Scalar>(rnn_activation(to_acc(x[j]) + pre[j], C == Cell::RNN_RELU));
-      } else if constexpr (C == Cell::LSTM) {
-        Acc gi = to_acc(x[j]) + pre[j], gf = to_acc(x[H + j]) + pre[H + j];
-        Acc gg = to_acc(x[2 * H + j]) + pre[2 * H + j], go = to_acc(x[3 * H + j]) + pre[3 * H + j];
-        Acc c, h;
-        lstm_forward_point(gi, gf, gg, go, p.state[b * H + j], c, h);
-        Scalar* gates = p.gates + t * B * 4 * H + b * 4 * H;
-        gates[j] = from_acc<Scalar>(gi);
-        gates[H + j] = from_acc<Scalar>(gf);
-        gates[2 * H + j] = from_acc<Scalar>(gg);
-        gates[3 * H + j] = from_acc<Scalar>(go);
-        p.cell[t * step + b * H + j] = from_acc<Scalar>(c);
-        p.state[b * H + j] = c;
-        out_t[b * H + j] = from_acc<Scalar>(h);
-      } else {  // GRU
-        const Acc b_r = p.b_hh ? to_acc(p.b_hh[j]) : Acc(0), b_z = p.b_hh ? to_acc(p.b_hh[H + j]) : Acc(0);
-        const Acc b_n = p.b_hh ? to_acc(p.b_hh[2 * H + j]) : Acc(0);
-        const Acc hp_n = pre[2 * H + j] + b_n;
-        Acc r, z, n, h;
-        gru_forward_point(to_acc(x[j]), to_acc(x[H + j]), to_acc(x[2 * H + j]), pre[j] + b_r, pre[H + j] + b_z, hp_n,
-                          p.state[b * H + j], r, z, n, h);
-        Scalar* gates = p.gates + t * B * 4 * H + b * 4 * H;
-        gates[j] = from_acc<Scalar>(r);
-        gates[H + j] = from_acc<Scalar>(z);
-        gates[2 * H + j] = from_acc<Scalar>(n);
-        gates[3 * H + j] = from_acc<Scalar>(hp_n);
-        p.state[b * H + j] = h;
-        out_t[b * H + j] = from_acc<Scalar>(h);
+      const int64_t b = i / U, j = j0 + i % U, row = t * B + b;
+      const bool restart = p.restarts(s, b);
+      Acc x[G], hp[G], saved[array_size(S)], h;
+      load_blocks<G>(x, p.xproj + row * GH + j, H, ToAcc{});
+      load_blocks<G>(hp, p.pre + b * GH + j, H, Identity{});
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        x[g] += to_acc(p.bias_x[g * H + j]);
+        hp[g] = restart ? Acc(0) : hp[g];
+        if constexpr (Cell::kRecurrentBiasInside) hp[g] += to_acc(p.bias_h[g * H + j]);
       }
+      const Acc h_before = restart ? Acc(0) : p.h_state[b * H + j];
+      const Acc c_before = kCell && !restart ? p.c_state[b * H + j] : Acc(0);
+      Cell::forward(x, hp, h_before, c_before, saved, h);
+      store_blocks<S>(p.saved + row * SH + j, H, saved, FromAcc<Scalar>{});
+      p.output[row * H + j] = from_acc<Scalar>(h);
+      p.h_state[b * H + j] = h;
+      if constexpr (kCell) p.c_state[b * H + j] = saved[Cell::kCellIndex];
     }
     // (3) every unit of h_t is written before any block reads it.
     grid.sync();
   }
-  for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-    const int64_t b = i / U, j = j0 + i % U;
-    p.h_n[b * H + j] = p.output[(p.T - 1) * step + b * H + j];
-    if (C == Cell::LSTM) p.c_n[b * H + j] = from_acc<Scalar>(p.state[b * H + j]);
-  }
 }
 
 // -------------------------------------------------------------- backward
-template <Cell C, typename Scalar, typename Acc, bool W_SMEM>
-__global__ void __launch_bounds__(kThreads) chunk_backward_kernel(BackwardParams<Scalar, Acc> p, int64_t units) {
-  constexpr int G = gates_of<C>();
+template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
+__global__ void __launch_bounds__(kThreads) chunk_backward_kernel(CudaBackwardParams<Scalar, Acc> p, int64_t units) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kCell = Cell::kCellIndex >= 0;
   cg::grid_group grid = cg::this_grid();
-  const int64_t H = p.H, B = p.B, GH = G * H, step = B * H;
+  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int64_t ldw = GH;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [U, ldw]: row u = W_hh^T row j0 + u
+  Scalar* w_smem = reinterpret_cast<Scalar*>(smem_raw);  // [U, G*H]: row u = W_hh^T row j0 + u
   if (W_SMEM) {
     for (int64_t i = threadIdx.x; i < U * GH; i += blockDim.x) {
       const int64_t u = i / GH, n = i % GH;
-      w_smem[u * ldw + n] = p.w_hh_t[(j0 + u) * GH + n];
+      w_smem[u * GH + n] = p.w_hh_t[(j0 + u) * GH + n];
     }
   }
   for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
     const int64_t b = i / U, j = j0 + i % U;
     p.carry_h[b * H + j] = to_acc(p.grad_h_n[b * H + j]);
-    if (C == Cell::LSTM) p.carry_c[b * H + j] = to_acc(p.grad_c_n[b * H + j]);
+    if (kCell) p.carry_c[b * H + j] = to_acc(p.grad_c_n[b * H + j]);
   }
   __syncthreads();
-  for (int64_t s = 0; s < p.T; ++s) {
-    const int64_t t = p.T - 1 - s;
-    Acc* delta = p.delta + (s % 2) * B * GH;
-    // (1) pointwise backward for the own units: delta_t and the direct carries.
+  for (int64_t i_step = 0; i_step < p.T; ++i_step) {
+    const int64_t s = p.T - 1 - i_step, t = p.time_of(s), t_prev = s > 0 ? p.time_of(s - 1) : 0;
+    Acc* delta = p.delta + (i_step % 2) * B * GH;
+    // (1) pointwise backward for the own units: grad_hp_t and the direct carries.
     for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-      const int64_t b = i / U, j = j0 + i % U;
-      const Acc grad_h = to_acc(p.grad_output[t * step + b * H + j]) + p.carry_h[b * H + j];
-      Scalar* gx = p.grad_xproj + t * B * GH + b * GH;
-      Acc* d = delta + b * GH;
-      if constexpr (C == Cell::RNN_TANH || C == Cell::RNN_RELU) {
-        const Acc v = rnn_activation_backward(grad_h, to_acc(p.output[t * step + b * H + j]), C == Cell::RNN_RELU);
-        d[j] = v;
-        gx[j] = from_acc<Scalar>(v);
-      } else if constexpr (C == Cell::LSTM) {
-        const Scalar* gates = p.gates + t * B * 4 * H + b * 4 * H;
-        const Acc c = to_acc(p.cell[t * step + b * H + j]);
-        const Acc c_prev = to_acc(t > 0 ? p.cell[(t - 1) * step + b * H + j] : p.c0[b * H + j]);
-        Acc di, df, dg, dout, dc_prev;
-        lstm_backward_point(grad_h, p.carry_c[b * H + j], to_acc(gates[j]), to_acc(gates[H + j]),
-                            to_acc(gates[2 * H + j]), to_acc(gates[3 * H + j]), c, c_prev, di, df, dg, dout, dc_prev);
-        d[j] = di;
-        d[H + j] = df;
-        d[2 * H + j] = dg;
-        d[3 * H + j] = dout;
-        gx[j] = from_acc<Scalar>(di);
-        gx[H + j] = from_acc<Scalar>(df);
-        gx[2 * H + j] = from_acc<Scalar>(dg);
-        gx[3 * H + j] = from_acc<Scalar>(dout);
-        p.carry_c[b * H + j] = dc_prev;
-      } else {  // GRU
-        const Scalar* gates = p.gates + t * B * 4 * H + b * 4 * H;
-        const Acc h_prev = to_acc(t > 0 ? p.output[(t - 1) * step + b * H + j] : p.h0[b * H + j]);
-        Acc dxr, dxz, dxn, dhr, dhz, dhn, direct;
-        gru_backward_point(grad_h, to_acc(gates[j]), to_acc(gates[H + j]), to_acc(gates[2 * H + j]),
-                           to_acc(gates[3 * H + j]), h_prev, dxr, dxz, dxn, dhr, dhz, dhn, direct);
-        gx[j] = from_acc<Scalar>(dxr);
-        gx[H + j] = from_acc<Scalar>(dxz);
-        gx[2 * H + j] = from_acc<Scalar>(dxn);
-        Scalar* ghp = p.grad_hp + t * B * GH + b * GH;
-        ghp[j] = from_acc<Scalar>(dhr);
-        ghp[H + j] = from_acc<Scalar>(dhz);
-        ghp[2 * H + j] = from_acc<Scalar>(dhn);
-        d[j] = dhr;
-        d[H + j] = dhz;
-        d[2 * H + j] = dhn;
-        p.carry_h[b * H + j] = direct;  // the matmul below adds delta W_hh
+      const int64_t b = i / U, j = j0 + i % U, row = t * B + b, prev_row = t_prev * B + b;
+      const bool cut = s + 1 < p.T && p.restarts(s + 1, b);  // the next step restarted: no carry from it
+      const bool restart = p.restarts(s, b);
+      const Acc grad_h = to_acc(p.grad_output[row * H + j]) + (cut ? Acc(0) : p.carry_h[b * H + j]);
+      const Acc grad_c = kCell && !cut ? p.carry_c[b * H + j] : Acc(0);
+      Acc saved[array_size(S)], gx[G], ghp[G], grad_h_prev, grad_c_prev;
+      load_blocks<S>(saved, p.saved + row * SH + j, H, ToAcc{});
+      const Scalar* h_prev = s > 0 ? p.output + prev_row * H : p.h0 + b * H;
+      Acc c_prev = Acc(0);
+      if constexpr (kCell) {
+        const Scalar* c = s > 0 ? p.saved + prev_row * SH + Cell::kCellIndex * H : p.c0 + b * H;
+        c_prev = restart ? Acc(0) : to_acc(c[j]);
       }
+      Cell::backward(grad_h, grad_c, saved, to_acc(p.output[row * H + j]), restart ? Acc(0) : to_acc(h_prev[j]),
+                     c_prev, gx, ghp, grad_h_prev, grad_c_prev);
+      store_blocks<G>(p.grad_xproj + row * GH + j, H, gx, FromAcc<Scalar>{});
+      if constexpr (Cell::kRecurrentBiasInside) store_blocks<G>(p.grad_hp + row * GH + j, H, ghp, FromAcc<Scalar>{});
+      store_blocks<G>(delta + b * GH + j, H, ghp, Identity{});
+      if constexpr (Cell::kDirectHiddenGrad) p.carry_h[b * H + j] = grad_h_prev;  // (2) adds grad_hp W_hh
+      if constexpr (kCell) p.carry_c[b * H + j] = grad_c_prev;
+      if (p.grad_h_record != nullptr) p.grad_h_record[row * H + j] = grad_h;
     }
-    // every unit of delta_t is written before any block reads it.
+    // every unit of grad_hp_t is written before any block reads it.
     grid.sync();
-    // (2) carry_h[b, k] (+)= sum_n delta_t[b, n] W_hh[n, k] for the own units k: one warp
-    // per output, lanes striding over n, a fixed-order warp sum. (GRU: carry_h holds the
-    // direct term written in (1); the grid barrier ordered it.)
+    // (2) carry_h[b, k] (+)= sum_n grad_hp_t[b, n] W_hh[n, k] for the own units k: one
+    // warp per output, lanes striding over n, a fixed-order warp sum. (Cells with a
+    // direct term: carry_h holds it from (1); the grid barrier ordered it.)
     for (int64_t item = warp; item < B * U; item += warps) {
       const int64_t b = item / U, u = item % U, k = j0 + u;
-      const Scalar* w_row = W_SMEM ? w_smem + u * ldw : p.w_hh_t + k * GH;
+      const Scalar* w_row = W_SMEM ? w_smem + u * GH : p.w_hh_t + k * GH;
       const Acc* d_row = delta + b * GH;
       Acc sum = 0;
       for (int64_t n = lane; n < GH; n += 32) sum += load_cg(d_row + n) * to_acc(w_row[n]);
       sum = warp_sum(sum);
-      if (lane == 0) p.carry_h[b * H + k] = C == Cell::GRU ? p.carry_h[b * H + k] + sum : sum;
+      if (lane == 0) p.carry_h[b * H + k] = Cell::kDirectHiddenGrad ? p.carry_h[b * H + k] + sum : sum;
     }
     // (1) of the next step reads carry_h with the thread-per-item mapping.
     __syncthreads();
@@ -251,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(BackwardParams
   for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
     const int64_t b = i / U, j = j0 + i % U;
     p.grad_h0[b * H + j] = from_acc<Scalar>(p.carry_h[b * H + j]);
-    if (C == Cell::LSTM) p.grad_c0[b * H + j] = from_acc<Scalar>(p.carry_c[b * H + j]);
+    if (kCell) p.grad_c0[b * H + j] = from_acc<Scalar>(p.carry_c[b * H + j]);
   }
 }
 
@@ -295,38 +277,33 @@ cudaError_t launch_persistent(Kernel smem_kernel, Kernel global_kernel, void* pa
                                      dim3(kThreads), args, smem, stream);
 }
 
-template <Cell C, typename Scalar, typename Acc>
-cudaError_t chunk_forward(const ForwardParams<Scalar, Acc>& p, int device, cudaStream_t stream) {
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_chunk_forward(const CudaForwardParams<Scalar, Acc>& p, int device, cudaStream_t stream) {
   if (p.T == 0 || p.B == 0 || p.H == 0) return cudaSuccess;
-  ForwardParams<Scalar, Acc> params = p;
-  return launch_persistent(chunk_forward_kernel<C, Scalar, Acc, true>, chunk_forward_kernel<C, Scalar, Acc, false>, &params,
-                           p.H, p.H, gates_of<C>(), sizeof(Scalar), device, stream);
+  CudaForwardParams<Scalar, Acc> params = p;
+  return launch_persistent(chunk_forward_kernel<Cell, Scalar, Acc, true>, chunk_forward_kernel<Cell, Scalar, Acc, false>,
+                           &params, p.H, p.H, Cell::kGates, sizeof(Scalar), device, stream);
 }
 
-template <Cell C, typename Scalar, typename Acc>
-cudaError_t chunk_backward(const BackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream) {
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_chunk_backward(const CudaBackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream) {
   if (p.T == 0 || p.B == 0 || p.H == 0) return cudaSuccess;
-  BackwardParams<Scalar, Acc> params = p;
-  return launch_persistent(chunk_backward_kernel<C, Scalar, Acc, true>, chunk_backward_kernel<C, Scalar, Acc, false>,
-                           &params, p.H, gates_of<C>() * p.H, 1, sizeof(Scalar), device, stream);
+  CudaBackwardParams<Scalar, Acc> params = p;
+  return launch_persistent(chunk_backward_kernel<Cell, Scalar, Acc, true>,
+                           chunk_backward_kernel<Cell, Scalar, Acc, false>, &params, p.H, Cell::kGates * p.H, 1,
+                           sizeof(Scalar), device, stream);
 }
 
 }  // namespace tbptt::cuda
 
 // Explicit instantiation of both launchers of one cell for every dtype.
-#define TBPTT_INSTANTIATE_CELL(CELL)                                                                      \
-  namespace tbptt::cuda {                                                                                 \
-  template cudaError_t chunk_forward<CELL, float, float>(const ForwardParams<float, float>&, int, cudaStream_t); \
-  template cudaError_t chunk_forward<CELL, double, double>(const ForwardParams<double, double>&, int,         \
-                                                            cudaStream_t);                                  \
-  template cudaError_t chunk_forward<CELL, __half, float>(const ForwardParams<__half, float>&, int, cudaStream_t); \
-  template cudaError_t chunk_forward<CELL, __nv_bfloat16, float>(const ForwardParams<__nv_bfloat16, float>&, int, \
-                                                                  cudaStream_t);                            \
-  template cudaError_t chunk_backward<CELL, float, float>(const BackwardParams<float, float>&, int, cudaStream_t); \
-  template cudaError_t chunk_backward<CELL, double, double>(const BackwardParams<double, double>&, int,       \
-                                                             cudaStream_t);                                 \
-  template cudaError_t chunk_backward<CELL, __half, float>(const BackwardParams<__half, float>&, int,         \
-                                                            cudaStream_t);                                  \
-  template cudaError_t chunk_backward<CELL, __nv_bfloat16, float>(const BackwardParams<__nv_bfloat16, float>&,  \
-                                                                   int, cudaStream_t);                      \
-  }
+#define TBPTT_INSTANTIATE_LAUNCHERS(CELL, SCALAR, ACC)                                                      \
+  template cudaError_t tbptt::cuda::launch_chunk_forward<CELL, SCALAR, ACC>(                                \
+      const tbptt::cuda::CudaForwardParams<SCALAR, ACC>&, int, cudaStream_t);                              \
+  template cudaError_t tbptt::cuda::launch_chunk_backward<CELL, SCALAR, ACC>(                               \
+      const tbptt::cuda::CudaBackwardParams<SCALAR, ACC>&, int, cudaStream_t);
+#define TBPTT_INSTANTIATE_CELL(CELL)                      \
+  TBPTT_INSTANTIATE_LAUNCHERS(CELL, float, float)         \
+  TBPTT_INSTANTIATE_LAUNCHERS(CELL, double, double)       \
+  TBPTT_INSTANTIATE_LAUNCHERS(CELL, __half, float)        \
+  TBPTT_INSTANTIATE_LAUNCHERS(CELL, __nv_bfloat16, float)

@@ -1,5 +1,5 @@
-// Elman RNN (tanh and relu) chunk kernels, every dtype. See chunk_kernels.cuh.
+// Elman RNN (tanh and relu) chunk kernels, every dtype. See chunk_kernels.cuh and csrc/cells/rnn.h.
 #include "chunk_kernels.cuh"
 
-TBPTT_INSTANTIATE_CELL(tbptt::cuda::Cell::RNN_TANH)
-TBPTT_INSTANTIATE_CELL(tbptt::cuda::Cell::RNN_RELU)
+TBPTT_INSTANTIATE_CELL(tbptt::RNNCell<false>)
+TBPTT_INSTANTIATE_CELL(tbptt::RNNCell<true>)

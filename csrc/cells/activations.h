@@ -12,8 +12,10 @@
 
 #if defined(__CUDACC__)
 #define TBPTT_HD __host__ __device__ __forceinline__
+#define TBPTT_UNROLL _Pragma("unroll")
 #else
 #define TBPTT_HD inline __attribute__((always_inline))
+#define TBPTT_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace tbptt {

@@ -1,0 +1,39 @@
+// Elman RNN cell (torch.nn.RNN), tanh or relu as a compile-time flag.
+//   h_t = phi(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),  phi = tanh | relu
+// Backward: delta = dL/dh_t * phi'(a_t), read from h_t (1 - h^2, or h > 0).
+// Saves nothing: the output h_t is all the backward needs.
+#pragma once
+
+#include "cell.h"
+
+namespace tbptt {
+
+template <bool kRelu>
+struct RNNCell : CellShape</*gates*/ 1, /*saved*/ 0, /*cell index*/ -1, /*b_hh inside*/ false, /*direct dh*/ false> {
+
+  template <typename T>
+  TBPTT_HD static void forward(const T (&x)[1], const T (&hp)[1], T /*h_prev*/, T /*c_prev*/, T (&/*saved*/)[1],
+                               T& h) {
+    const T a = x[0] + hp[0];
+    if constexpr (kRelu) {
+      h = a < T(0) ? T(0) : a;  // NaN stays NaN, as torch.relu
+    } else {
+      h = tanh_(a);
+    }
+  }
+
+  template <typename T>
+  TBPTT_HD static void backward(T grad_h, T /*grad_c*/, const T (&/*saved*/)[1], T h, T /*h_prev*/, T /*c_prev*/,
+                                T (&grad_x)[1], T (&grad_hp)[1], T& grad_h_prev, T& grad_c_prev) {
+    if constexpr (kRelu) {
+      grad_x[0] = h > T(0) ? grad_h : T(0);
+    } else {
+      grad_x[0] = grad_h * (T(1) - h * h);
+    }
+    grad_hp[0] = grad_x[0];
+    grad_h_prev = T(0);
+    grad_c_prev = T(0);
+  }
+};
+
+}  // namespace tbptt

@@ -1,0 +1,172 @@
+"""The tbptt_ext operators: availability, typed wrappers and fake kernels.
+
+The op schemas (and the shape and meaning of every argument) are declared once, in
+csrc/register.cpp; the compiled kernels live in the extension ``tbptt_ext._C``. This
+module is the one place Python reaches them: ``compiled_backends`` and
+``has_fused_kernel`` say what is compiled, one typed wrapper per op calls it, and one
+fake (meta) kernel per op lets ``torch.compile`` and ``torch.library.opcheck`` trace
+it. :mod:`tbptt_ext.reference` has functions of the same names and signatures in
+plain PyTorch. When the compiled extension is missing, ``compiled_backends()`` is
+empty and the modules run the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C  # noqa: F401  (importing the library registers the ops)
+
+    EXTENSION_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - exercised by builds without a compiler
+    EXTENSION_ERROR = exc
+
+CELLS = ("rnn", "lstm", "gru")
+OP_NAMES = tuple(f"{cell}_chunk_{direction}" for cell in CELLS for direction in ("forward", "backward"))
+
+# dtypes each compiled backend implements; other dtypes run the reference.
+FUSED_DTYPES = {
+    "cpu": frozenset({torch.float32, torch.float64}),
+    "cuda": frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16}),
+}
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return EXTENSION_ERROR is None and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"tbptt_ext::{name}", dispatch_key) for name in OP_NAMES
+    )
+
+
+_COMPILED_BACKENDS = frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(key))
+
+
+def compiled_backends() -> set[str]:
+    """Device types that have compiled fused kernels, e.g. ``{"cpu"}`` or ``{"cpu", "cuda"}``."""
+    return set(_COMPILED_BACKENDS)
+
+
+def has_fused_kernel(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a fused kernel is compiled for this device type and dtype."""
+    return device_type in _COMPILED_BACKENDS and dtype in FUSED_DTYPES.get(device_type, ())
+
+
+def cpu_isa() -> str | None:
+    """The instruction set the CPU kernels run with here ("avx512", "avx2" or "baseline"), or
+    None without the compiled extension. ``TBPTT_EXT_CPU_ISA`` caps it."""
+    return torch.ops.tbptt_ext.cpu_isa() if "cpu" in _COMPILED_BACKENDS else None
+
+
+# ------------------------------------------------------------ typed wrappers
+def rnn_chunk_forward(
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False, relu: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """-> (output [T, B, H], h_n [B, H])"""
+    return torch.ops.tbptt_ext.rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+
+
+def rnn_chunk_backward(
+    grad_output: Tensor, grad_h_n: Tensor, input: Tensor, output: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False, relu: bool = False, input_needs_grad: bool = True,
+    record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_h_norm)"""
+    return torch.ops.tbptt_ext.rnn_chunk_backward(
+        grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, reverse, relu, input_needs_grad, record_flow
+    )
+
+
+def lstm_chunk_forward(
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor, c0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (output [T, B, H], h_n, c_n [B, H], saved [T, B, 5H])"""
+    return torch.ops.tbptt_ext.lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse)
+
+
+def lstm_chunk_backward(
+    grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, input: Tensor, output: Tensor, saved: Tensor,
+    w_ih: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, reset: Tensor | None = None, reverse: bool = False,
+    input_needs_grad: bool = True, record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_h_norm)"""
+    return torch.ops.tbptt_ext.lstm_chunk_backward(
+        grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
+        input_needs_grad, record_flow,
+    )
+
+
+def gru_chunk_forward(
+    input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor,
+    reset: Tensor | None = None, reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (output [T, B, H], h_n [B, H], saved [T, B, 4H])"""
+    return torch.ops.tbptt_ext.gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+
+
+def gru_chunk_backward(
+    grad_output: Tensor, grad_h_n: Tensor, input: Tensor, output: Tensor, saved: Tensor, w_ih: Tensor,
+    w_hh: Tensor, h0: Tensor, reset: Tensor | None = None, reverse: bool = False, input_needs_grad: bool = True,
+    record_flow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h_norm)"""
+    return torch.ops.tbptt_ext.gru_chunk_backward(
+        grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, reverse, input_needs_grad, record_flow
+    )
+
+
+# -------------------------------------------------------------- fake kernels
+def _sequence(like: Tensor, width: int) -> Tensor:
+    return like.new_empty((like.shape[0], like.shape[1], width))
+
+
+def _input_grad(input: Tensor, input_needs_grad: bool) -> Tensor:
+    return input.new_empty(input.shape if input_needs_grad else (0,))
+
+
+def _norms(input: Tensor, record_flow: bool) -> Tensor:
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return input.new_empty((input.shape[0] if record_flow else 0,), dtype=dtype)
+
+
+def _weight_grads(w_ih: Tensor, w_hh: Tensor, h0: Tensor) -> tuple[Tensor, ...]:
+    return w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), h0.new_empty((w_hh.shape[0],))
+
+
+if EXTENSION_ERROR is None:
+
+    @torch.library.register_fake("tbptt_ext::rnn_chunk_forward")
+    def _(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu):
+        return _sequence(input, h0.shape[1]), h0.new_empty(h0.shape)
+
+    @torch.library.register_fake("tbptt_ext::rnn_chunk_backward")
+    def _(grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, reverse, relu, input_needs_grad,
+          record_flow):
+        grad_w_ih, grad_w_hh, grad_bias = _weight_grads(w_ih, w_hh, h0)
+        return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), grad_w_ih, grad_w_hh, grad_bias,
+                _norms(input, record_flow))
+
+    @torch.library.register_fake("tbptt_ext::lstm_chunk_forward")
+    def _(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse):
+        hidden = h0.shape[1]
+        return _sequence(input, hidden), h0.new_empty(h0.shape), c0.new_empty(c0.shape), _sequence(input, 5 * hidden)
+
+    @torch.library.register_fake("tbptt_ext::lstm_chunk_backward")
+    def _(grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
+          input_needs_grad, record_flow):
+        grad_w_ih, grad_w_hh, grad_bias = _weight_grads(w_ih, w_hh, h0)
+        return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), c0.new_empty(c0.shape), grad_w_ih,
+                grad_w_hh, grad_bias, _norms(input, record_flow))
+
+    @torch.library.register_fake("tbptt_ext::gru_chunk_forward")
+    def _(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse):
+        hidden = h0.shape[1]
+        return _sequence(input, hidden), h0.new_empty(h0.shape), _sequence(input, 4 * hidden)
+
+    @torch.library.register_fake("tbptt_ext::gru_chunk_backward")
+    def _(grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, reverse, input_needs_grad,
+          record_flow):
+        grad_w_ih, grad_w_hh, grad_b_ih = _weight_grads(w_ih, w_hh, h0)
+        return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), grad_w_ih, grad_w_hh, grad_b_ih,
+                grad_b_ih.new_empty(grad_b_ih.shape), _norms(input, record_flow))
