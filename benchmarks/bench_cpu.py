@@ -1,9 +1,10 @@
 """One TBPTT chunk (forward, backward, optimizer step, state carried and detached),
 torch.nn against tbptt_ext side by side in one process, interleaved.
 
-Prints, per shape, the median time per chunk of each and the ratio
-torch.nn time / tbptt_ext time (> 1 means tbptt_ext is faster), then the
-geometric mean of the ratios.
+Prints, per shape, with an input that needs no gradient (raw features) and with one
+that does (an embedding or a layer below feeds the RNN), the median time per chunk of
+each and the ratio torch.nn time / tbptt_ext time (> 1 means tbptt_ext is faster),
+then the geometric mean of the ratios.
 
     python benchmarks/bench_cpu.py [--repeats 30] [--threads N] [--quick] [--markdown]
 """
@@ -65,22 +66,27 @@ def main():
     shapes, repeats = (QUICK_SHAPES, 3) if args.quick else (SHAPES, args.repeats)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"tbptt_ext compiled backends {sorted(tbptt_ext.compiled_backends())}, float32, median of {repeats}"
+        f"tbptt_ext compiled backends {sorted(tbptt_ext.compiled_backends())} (CPU kernels: {tbptt_ext.ops.cpu_isa()}), "
+        f"float32, median of {repeats}"
     )
     if args.markdown:
-        print("| cell | B | I | H | k | torch.nn ms | tbptt_ext ms | speedup |\n|---|---|---|---|---|---|---|---|")
+        print("| cell | B | I | H | k | input grad | torch.nn ms | tbptt_ext ms | speedup |\n"
+              "|---|---|---|---|---|---|---|---|---|")
     else:
-        print(f"{'cell':5} {'B':>4} {'I':>4} {'H':>4} {'k':>4} {'torch.nn ms':>12} {'tbptt_ext ms':>13} {'speedup':>8}")
+        print(f"{'cell':5} {'B':>4} {'I':>4} {'H':>4} {'k':>4} {'input grad':>10} {'torch.nn ms':>12} "
+              f"{'tbptt_ext ms':>13} {'speedup':>8}")
     ratios = []
     for cell, B, I, H, k in shapes:
-        theirs, ours = make_pair(cell, I, H)
-        t_nn, t_ext = time_interleaved([ChunkRunner(theirs, B, I, H, k), ChunkRunner(ours, B, I, H, k)], repeats)
-        ratios.append(t_nn / t_ext)
-        row = (cell, B, I, H, k, t_nn * 1e3, t_ext * 1e3, t_nn / t_ext)
-        if args.markdown:
-            print("| {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f}x |".format(*row))
-        else:
-            print("{:5} {:>4} {:>4} {:>4} {:>4} {:>12.2f} {:>13.2f} {:>7.2f}x".format(*row))
+        for input_grad in (False, True):
+            theirs, ours = make_pair(cell, I, H)
+            runners = [ChunkRunner(m, B, I, H, k, input_grad=input_grad) for m in (theirs, ours)]
+            t_nn, t_ext = time_interleaved(runners, repeats)
+            ratios.append(t_nn / t_ext)
+            row = (cell, B, I, H, k, "yes" if input_grad else "no", t_nn * 1e3, t_ext * 1e3, t_nn / t_ext)
+            if args.markdown:
+                print("| {} | {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f}x |".format(*row))
+            else:
+                print("{:5} {:>4} {:>4} {:>4} {:>4} {:>10} {:>12.2f} {:>13.2f} {:>7.2f}x".format(*row))
     geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print(f"geometric-mean speedup (torch.nn time / tbptt_ext time): {geo:.2f}x; min {min(ratios):.2f}x")
 

@@ -86,12 +86,13 @@ class ChunkRunner:
     """Trains `rnn` + a linear head on one chunk of k steps per step(), carrying the
     detached state: the seed's TBPTT loop."""
 
-    def __init__(self, rnn, B, I, H, k, device="cpu", dtype=torch.float32):
+    def __init__(self, rnn, B, I, H, k, device="cpu", dtype=torch.float32, input_grad=False):
         g = torch.Generator(device="cpu").manual_seed(0)
         self.rnn = rnn
         self.head = nn.Linear(H, I, device=device, dtype=dtype)
         self.opt = torch.optim.SGD(list(rnn.parameters()) + list(self.head.parameters()), lr=1e-3)
-        self.x = torch.randn(k, B, I, generator=g).to(device=device, dtype=dtype)
+        # input_grad: the input needs a gradient, as when an embedding or another layer feeds the RNN
+        self.x = torch.randn(k, B, I, generator=g).to(device=device, dtype=dtype).requires_grad_(input_grad)
         self.y = torch.randn(k, B, I, generator=g).to(device=device, dtype=dtype)
         self.state = None
 
@@ -102,6 +103,7 @@ class ChunkRunner:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.x.grad = None
 
 
 # ---------------------------------------------------------------- measures

@@ -4,10 +4,12 @@
 // (csrc/cpu/chunk_cpu.cpp, csrc/cuda/cuda_ops.cpp). Schemas: csrc/register.cpp.
 //
 // One call covers one layer and direction over a chunk of T steps:
-//   forward:  xproj = x W_ih^T (one GEMM), then the recurrence (biases added inside it).
+//   forward:  xproj = x W_ih^T (one GEMM over the chunk, or per step inside the
+//             backend's loop), then the recurrence (biases added inside it).
 //   backward: the recurrence backward gives grad_xproj (and grad_hp for GRU), then
-//             dx = grad_xproj W_ih,  dW_ih = grad_xproj^T x,  dW_hh = grad_hp^T h_prev,
-//             db = sum of grad_xproj (grad_hp), each one GEMM or reduction over the chunk.
+//             dx = grad_xproj W_ih (unless the backend's loop made it),
+//             dW_ih = grad_xproj^T x,  dW_hh = grad_hp^T h_prev,  db = sum of grad_xproj
+//             (grad_hp), each one GEMM or reduction over the chunk.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,20 +31,28 @@ using OptTensor = std::optional<at::Tensor>;
 // Tensors of one call as the backends receive them: contiguous, checked; undefined
 // where a cell or call has none.
 struct ChunkTensors {
-  int64_t T = 0, B = 0, H = 0;
+  int64_t T = 0, B = 0, I = 0, H = 0;
   bool reverse = false;
-  at::Tensor w_hh, h0, c0, reset;
+  at::Tensor input, w_ih, w_hh, h0, c0, reset;
 };
 
 struct ForwardTensors : ChunkTensors {
-  at::Tensor xproj, bias_x, bias_h;  // inputs
-  at::Tensor output, saved;          // outputs
+  at::Tensor bias_x, bias_h;  // inputs
+  at::Tensor xproj;           // x W_ih^T [T, B, G*H], if the backend computes it for the whole chunk
+  at::Tensor output, saved;   // outputs
 };
 
 struct BackwardTensors : ChunkTensors {
+  bool input_needs_grad = false;
   at::Tensor grad_output, grad_h_n, grad_c_n, output, saved;        // inputs
   at::Tensor grad_xproj, grad_hp, grad_h0, grad_c0, grad_h_record;  // outputs
+  at::Tensor grad_input;  // [T, B, I] if the backend computes it (else the driver does)
 };
+
+// x W_ih^T of every step of the chunk, one GEMM: [T, B, G*H].
+inline at::Tensor input_projection(const ChunkTensors& t) {
+  return at::mm(t.input.view({t.T * t.B, t.I}), t.w_ih.t()).view({t.T, t.B, t.w_ih.size(0)});
+}
 
 // Sets a parameter-struct pointer to a tensor's data (null for an undefined tensor).
 template <typename P>
@@ -122,12 +132,15 @@ inline at::Tensor reset_bytes(const char* op, const OptTensor& reset, const Dims
   return r.contiguous().view(at::kByte);
 }
 
-// What forward and backward share: the sizes, the reset mask, W_hh and the entering state.
+// What forward and backward share: the sizes, the reset mask, input, weights and the entering state.
 template <class Cell>
 void prepare_common(const char* op, ChunkTensors& t, const Dims& d, bool reverse, const OptTensor& reset,
-                    const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& input) {
-  t.T = d.T, t.B = d.B, t.H = d.H, t.reverse = reverse;
+                    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
+                    const at::Tensor& c0) {
+  t.T = d.T, t.B = d.B, t.I = d.I, t.H = d.H, t.reverse = reverse;
   t.reset = reset_bytes(op, reset, d, input);
+  t.input = input.contiguous();
+  t.w_ih = w_ih.contiguous();
   t.w_hh = w_hh.contiguous();
   t.h0 = h0.contiguous();
   if constexpr (Cell::kCellIndex >= 0) {
@@ -154,7 +167,7 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
   Backend::check_supported(op, input);
   [[maybe_unused]] const auto guard = Backend::device_guard(input);
   ForwardTensors t;
-  prepare_common<Cell>(op, t, d, reverse, reset, w_hh, h0, c0, input);
+  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, h0, c0);
   // Biases are added inside the recurrence (no [T, B, G*H] broadcast): b_ih (+ b_hh) on
   // the input side, b_hh on the recurrent side for kRecurrentBiasInside cells. Absent
   // biases are zeros, so the kernels always have both vectors.
@@ -168,8 +181,6 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
     t.bias_x = b_hh.has_value() ? bi + bh : bi;
   }
   const auto opts = input.options();
-  t.xproj = d.T * d.B > 0 ? at::mm(input.reshape({d.T * d.B, d.I}), w_ih.t()).view({d.T, d.B, G * d.H})
-                          : at::zeros({d.T, d.B, G * d.H}, opts);
   t.output = at::empty({d.T, d.B, d.H}, opts);
   t.saved = at::empty({d.T, d.B, S * d.H}, opts);
   if (d.T > 0 && d.B > 0) Backend::template forward<Cell>(t);
@@ -230,7 +241,8 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   Backend::check_supported(op, input);
   [[maybe_unused]] const auto guard = Backend::device_guard(input);
   BackwardTensors t;
-  prepare_common<Cell>(op, t, d, reverse, reset, w_hh, h0, c0, input);
+  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, h0, c0);
+  t.input_needs_grad = input_needs_grad;
   t.grad_output = grad_output.contiguous();
   t.grad_h_n = grad_h_n.contiguous();
   t.output = output.contiguous();
@@ -263,8 +275,10 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   r.grad_c0 = t.grad_c0;
   const int64_t TB = d.T * d.B, GH = G * d.H;
   const at::Tensor grad_x2 = t.grad_xproj.view({TB, GH});
-  r.grad_input = input_needs_grad ? at::mm(grad_x2, w_ih).view({d.T, d.B, d.I}) : at::empty({0}, opts);
-  r.grad_w_ih = at::mm(grad_x2.t(), input.reshape({TB, d.I}));
+  r.grad_input = !input_needs_grad       ? at::empty({0}, opts)
+                 : t.grad_input.defined() ? t.grad_input
+                                          : at::mm(grad_x2, t.w_ih).view({d.T, d.B, d.I});
+  r.grad_w_ih = at::mm(grad_x2.t(), t.input.view({TB, d.I}));
   r.grad_b_ih = grad_x2.sum(0);
   const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
   r.grad_w_hh = d.T > 0 ? recurrent_weight_grad(grad_hp, t.output, t.h0, t.reset, reverse)

@@ -1,6 +1,6 @@
 """tbptt_ext: fused RNN/LSTM/GRU chunk kernels for truncated backpropagation through time."""
 
-from . import ops, reference
+from . import diagnostics, ops, reference
 from .ops import compiled_backends
 from .functions import GRUChunk, LSTMChunk, RNNChunk
 from .modules import GRU, LSTM, RNN
@@ -14,6 +14,7 @@ __all__ = [
     "LSTMChunk",
     "GRUChunk",
     "compiled_backends",
+    "diagnostics",
     "ops",
     "reference",
     "TBPTT",

@@ -175,8 +175,11 @@ class _ChunkedRNNBase(nn.RNNBase):
 
     def _run_layers(self, inp: _Input, states: tuple[Tensor, ...], reset, fused):
         directions = 2 if self.bidirectional else 1
-        recorder = getattr(self, "_flow_recorder", None)
-        flow = recorder.new_record(self) if recorder is not None else None
+        recorder = getattr(self, "_flow_recorder", None)  # tbptt_ext.diagnostics.GradientFlow
+        flow = None
+        if recorder is not None:
+            segments = inp.layout.segments if inp.layout else [(0, inp.x.shape[0], inp.batch)]
+            flow = recorder.new_record(self, sum(steps for _, steps, _ in segments), len(segments))
         x, final = inp.x, [[] for _ in states]
         for layer in range(self.num_layers):
             outputs = []
@@ -184,7 +187,7 @@ class _ChunkedRNNBase(nn.RNNBase):
                 index = layer * directions + direction
                 out, state = self._run_direction(
                     x, inp.layout, layer, direction == 1, tuple(s[index] for s in states), reset, fused,
-                    flow.slot(index) if flow is not None else None,
+                    (lambda offset, row=index: flow.slot(row, offset)) if flow is not None else None,
                 )
                 outputs.append(out)
                 for i, s in enumerate(state):
@@ -226,18 +229,21 @@ class _ChunkedRNNBase(nn.RNNBase):
         out, h = RNNChunk.apply(x, *params, state[0], reset, reverse, self.mode == "RNN_RELU", fused, flow)
         return out, (h,)
 
-    def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow):
+    def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow_slot):
+        """flow_slot(time offset): where a call's gradient-flow record goes, or None."""
         params = self._layer_params(layer, reverse)
         if layout is None:
-            return self._run_cell(x, params, state, reset, reverse, fused, flow)
+            return self._run_cell(x, params, state, reset, reverse, fused, flow_slot and flow_slot(0))
         # PackedSequence: rows are time-major, batch sorted by decreasing length; each
         # run of equal batch size is one chunk call, finished sequences keep their state.
         # The reverse direction runs forward over the rows reversed within each sequence.
         if reverse:
             x = x.index_select(0, layout.reverse_index)
-        outs = []
+        outs, offset = [], 0
         for first, steps, batch in layout.segments:
             seg = x[first : first + steps * batch].view(steps, batch, x.shape[-1])
+            flow = flow_slot and flow_slot(offset)
+            offset += steps
             out, new_state = self._run_cell(seg, params, tuple(s[:batch] for s in state), None, False, fused, flow)
             state = tuple(
                 n if batch == s.shape[0] else torch.cat([n, s[batch:]], 0) for n, s in zip(new_state, state)

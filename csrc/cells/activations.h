@@ -1,10 +1,12 @@
 // Activation functions shared by the CPU loops and the CUDA kernels.
 //
-// float on the host uses a branch-free exp (Cody-Waite range reduction, degree-7
-// polynomial, exponent built from bits) so that the per-step pointwise loops
-// vectorise; its relative error is a few float ulps. double on the host uses the
-// C library, so the float64 path agrees with torch.nn to ~1e-15. Device code uses
-// the CUDA math library.
+// float on the host is computed from a branch-free expm1 (Cody-Waite range reduction,
+// a degree-7 polynomial for e^r - 1, the power of two built from the exponent bits),
+// written so that the per-step loops vectorise: sigmoid(x) = 1 / (2 + expm1(-x)) and
+// tanh(x) = expm1(2x) / (expm1(2x) + 2), each one division, relative error below 2e-7
+// everywhere (expm1 keeps tanh accurate near 0 too) and NaN in, NaN out. double on the
+// host uses the C library, so the float64 path agrees with torch.nn to ~1e-15. Device
+// code uses the CUDA math library.
 #pragma once
 
 #include <cmath>
@@ -21,17 +23,20 @@
 namespace tbptt {
 
 #if !defined(__CUDACC__)
-// exp(x) for float, written so that gcc vectorises loops that call it (CPU build only).
-inline __attribute__((always_inline)) float exp_vectorizable(float x) {
-  x = x < -87.0f ? -87.0f : x;  // keeps 2^n a normal float
-  x = x > 88.0f ? 88.0f : x;
-  // n = round(x / ln 2), by the 1.5 * 2^23 trick (exact for |n| < 2^22).
-  const float shifter = 12582912.0f;
-  float n = (x * 1.44269504088896341f + shifter) - shifter;
-  // r = x - n ln2, with ln2 split in two for accuracy: |r| <= ln2 / 2.
+// e^x - 1 for float, vectorisable (CPU build only).
+inline __attribute__((always_inline)) float expm1_vectorizable(float x) {
+  // Clamp to [-87, 88] so that 2^n stays a normal float. Written as c < x ? c : x
+  // (x86 minps/maxps order), so a NaN passes through.
+  x = 88.0f < x ? 88.0f : x;
+  x = -87.0f > x ? -87.0f : x;
+  // t = x / ln 2 + 1.5 * 2^23 + 127: its low mantissa bits are n + 127, n = round(x / ln 2).
+  const float shifter = 12582912.0f + 127.0f;
+  const float t = x * 1.44269504088896341f + shifter;
+  const float n = t - shifter;
+  // r = x - n ln 2 with ln 2 split in two for accuracy: |r| <= ln 2 / 2.
   float r = x - n * 0.693145751953125f;
   r = r - n * 1.428606765330187e-06f;
-  // exp(r) by its Taylor series to r^7 (truncation error < 6e-9 relative).
+  // e^r - 1 by its Taylor series to r^7 (truncation error < 6e-9 relative).
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -39,10 +44,10 @@ inline __attribute__((always_inline)) float exp_vectorizable(float x) {
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // 2^n from the exponent bits.
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
+  p = p * r;
+  // e^x - 1 = 2^n (e^r - 1) + (2^n - 1), 2^n from the exponent bits n + 127.
+  const float two_n = __builtin_bit_cast(float, __builtin_bit_cast(int32_t, t) << 23);
+  return two_n * p + (two_n - 1.0f);
 }
 #endif
 
@@ -50,7 +55,7 @@ TBPTT_HD float sigmoid(float x) {
 #if defined(__CUDACC__)
   return 1.0f / (1.0f + expf(-x));
 #else
-  return 1.0f / (1.0f + exp_vectorizable(-x));
+  return 1.0f / (2.0f + expm1_vectorizable(-x));
 #endif
 }
 
@@ -60,11 +65,28 @@ TBPTT_HD float tanh_(float x) {
 #if defined(__CUDACC__)
   return tanhf(x);
 #else
-  // tanh(x) = 1 - 2 / (exp(2x) + 1): exact at 0, saturates to +-1.
-  return 1.0f - 2.0f / (exp_vectorizable(2.0f * x) + 1.0f);
+  const float e = expm1_vectorizable(2.0f * x);
+  return e / (e + 2.0f);
 #endif
 }
 
 TBPTT_HD double tanh_(double x) { return ::tanh(x); }
+
+// The activation a cell applies to one gate's summed pre-activation (kNone: the gate
+// needs more than its own pre-activation and the cell's combine() computes it).
+enum class Activation { kSigmoid, kTanh, kRelu, kNone };
+
+template <Activation A, typename T>
+TBPTT_HD T activate(T x) {
+  if constexpr (A == Activation::kSigmoid) {
+    return sigmoid(x);
+  } else if constexpr (A == Activation::kTanh) {
+    return tanh_(x);
+  } else if constexpr (A == Activation::kRelu) {
+    return x < T(0) ? T(0) : x;  // NaN stays NaN, as torch.relu
+  } else {
+    return x;
+  }
+}
 
 }  // namespace tbptt

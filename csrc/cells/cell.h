@@ -19,10 +19,15 @@
 //   kDirectHiddenGrad
 //                   dL/dh_{t-1} has a term besides grad_hp W_hh (GRU: z * dL/dh_t).
 //
-//   forward(x, hp, h_prev, c_prev, saved, h)
-//       one unit of one step. x[G]: x_t W_ih^T + input-side biases; hp[G]: h_{t-1} W_hh^T
-//       (+ b_hh if kRecurrentBiasInside). Writes saved[S] (c_t into saved[kCellIndex])
-//       and h_t.
+//   activation(g)   the activation of gate g applied to its summed pre-activation
+//                   x[g] + hp[g] (Activation::kNone: the gate needs more, see combine).
+//   combine(a, x, hp, h_prev, c_prev, saved, h)
+//       the rest of one unit's step. a[g]: gate g activated (gates with an activation);
+//       x[g]: x_t W_ih^T + input-side biases, hp[g]: h_{t-1} W_hh^T (+ b_hh if
+//       kRecurrentBiasInside), read for kNone gates. Writes saved[S] (c_t into
+//       saved[kCellIndex]) and h_t. forward() below is activation then combine; the CPU
+//       runs them as separate passes over a row (one activation per loop keeps the
+//       vector registers from spilling), the CUDA kernels per unit.
 //   backward(grad_h, grad_c, saved, h, h_prev, c_prev, grad_x, grad_hp, grad_h_prev, grad_c_prev)
 //       grad_h = dL/dh_t (output gradient plus the carry from step t+1), grad_c = dL/dc_t
 //       carried from t+1. Writes grad_x[G] = dL/dx-side, grad_hp[G] = dL/dhp (equal to
@@ -32,6 +37,8 @@
 // the host and the device. A state that restarts (reset mask) enters as h_prev =
 // c_prev = 0 and hp = 0 (+ b_hh): the cells need not know about it.
 #pragma once
+
+#include <utility>
 
 #include "activations.h"
 
@@ -50,6 +57,13 @@ struct CellShape {
   static constexpr bool kDirectHiddenGrad = DirectHiddenGrad;
 };
 
+// a[g] = activation(g)(x[g] + hp[g]) for every gate g (the activation a template argument).
+template <class Cell, typename T, int... G>
+TBPTT_HD void activate_gates(T (&a)[Cell::kGates], const T (&x)[Cell::kGates], const T (&hp)[Cell::kGates],
+                             std::integer_sequence<int, G...>) {
+  ((a[G] = activate<Cell::activation(G)>(x[G] + hp[G])), ...);
+}
+
 // Gate pack/unpack: element j of each of the N blocks of a row (blocks `stride` apart,
 // `row` pointing at block 0's element j), converted on the way (the row layout of
 // xproj, W_hh products, saved and gradients).
@@ -63,6 +77,15 @@ template <int N, typename T, typename Dst, typename Convert>
 TBPTT_HD void store_blocks(Dst* row, int64_t stride, const T (&src)[array_size(N)], Convert convert) {
   TBPTT_UNROLL
   for (int g = 0; g < N; ++g) row[g * stride] = convert(src[g]);
+}
+
+// One unit's forward step: x[G], hp[G] as for combine; writes saved[S] and h.
+template <class Cell, typename T>
+TBPTT_HD void forward(const T (&x)[Cell::kGates], const T (&hp)[Cell::kGates], T h_prev, T c_prev,
+                      T (&saved)[array_size(Cell::kSaved)], T& h) {
+  T a[Cell::kGates];
+  activate_gates<Cell>(a, x, hp, std::make_integer_sequence<int, Cell::kGates>{});
+  Cell::combine(a, x, hp, h_prev, c_prev, saved, h);
 }
 
 }  // namespace tbptt

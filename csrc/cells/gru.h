@@ -15,10 +15,13 @@ namespace tbptt {
 
 struct GRUCell : CellShape</*gates*/ 3, /*saved*/ 4, /*cell index*/ -1, /*b_hh inside*/ true, /*direct dh*/ true> {
 
+  // r and z are plain sigmoids; n needs r, so combine() computes it.
+  static constexpr Activation activation(int g) { return g < 2 ? Activation::kSigmoid : Activation::kNone; }
+
   template <typename T>
-  TBPTT_HD static void forward(const T (&x)[3], const T (&hp)[3], T h_prev, T /*c_prev*/, T (&saved)[4], T& h) {
-    const T r = sigmoid(x[0] + hp[0]);
-    const T z = sigmoid(x[1] + hp[1]);
+  TBPTT_HD static void combine(const T (&a)[3], const T (&x)[3], const T (&hp)[3], T h_prev, T /*c_prev*/,
+                               T (&saved)[4], T& h) {
+    const T r = a[0], z = a[1];
     const T n = tanh_(x[2] + r * hp[2]);
     h = (T(1) - z) * n + z * h_prev;
     saved[0] = r;

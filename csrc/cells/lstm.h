@@ -14,18 +14,16 @@ namespace tbptt {
 
 struct LSTMCell : CellShape</*gates*/ 4, /*saved*/ 5, /*cell index*/ 4, /*b_hh inside*/ false, /*direct dh*/ false> {
 
+  static constexpr Activation activation(int g) { return g == 2 ? Activation::kTanh : Activation::kSigmoid; }
+
+  // a = (i, f, g, o) activated.
   template <typename T>
-  TBPTT_HD static void forward(const T (&x)[4], const T (&hp)[4], T /*h_prev*/, T c_prev, T (&saved)[5], T& h) {
-    const T i = sigmoid(x[0] + hp[0]);
-    const T f = sigmoid(x[1] + hp[1]);
-    const T g = tanh_(x[2] + hp[2]);
-    const T o = sigmoid(x[3] + hp[3]);
-    const T c = f * c_prev + i * g;
-    h = o * tanh_(c);
-    saved[0] = i;
-    saved[1] = f;
-    saved[2] = g;
-    saved[3] = o;
+  TBPTT_HD static void combine(const T (&a)[4], const T (&)[4], const T (&)[4], T /*h_prev*/, T c_prev,
+                               T (&saved)[5], T& h) {
+    const T c = a[1] * c_prev + a[0] * a[2];
+    h = a[3] * tanh_(c);
+    TBPTT_UNROLL
+    for (int k = 0; k < 4; ++k) saved[k] = a[k];
     saved[4] = c;
   }
 

@@ -10,16 +10,12 @@ namespace tbptt {
 
 template <bool kRelu>
 struct RNNCell : CellShape</*gates*/ 1, /*saved*/ 0, /*cell index*/ -1, /*b_hh inside*/ false, /*direct dh*/ false> {
+  static constexpr Activation activation(int) { return kRelu ? Activation::kRelu : Activation::kTanh; }
 
   template <typename T>
-  TBPTT_HD static void forward(const T (&x)[1], const T (&hp)[1], T /*h_prev*/, T /*c_prev*/, T (&/*saved*/)[1],
-                               T& h) {
-    const T a = x[0] + hp[0];
-    if constexpr (kRelu) {
-      h = a < T(0) ? T(0) : a;  // NaN stays NaN, as torch.relu
-    } else {
-      h = tanh_(a);
-    }
+  TBPTT_HD static void combine(const T (&a)[1], const T (&)[1], const T (&)[1], T /*h_prev*/, T /*c_prev*/,
+                               T (&/*saved*/)[1], T& h) {
+    h = a[0];
   }
 
   template <typename T>

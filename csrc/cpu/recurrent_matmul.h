@@ -99,9 +99,21 @@ TBPTT_ALWAYS_INLINE void panel_product(const T* a, int64_t B, int64_t K, const T
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t k1 = std::min(K, k0 + kKBlock);
     const bool acc = accumulate || k0 > 0;
+    // Full tiles, then the last rows as one or two tiles of similar height: a tile of
+    // one or two rows has too few independent accumulators to keep the FMA units busy
+    // (B = 32 as 6 x 5 + 2 ran 14% slower than as 6 x 4 + 4 x 2).
+    int64_t full = B / MR, rest = B % MR;
+    if (full > 0 && rest > 0 && rest < MR / 2) --full, rest += MR;
     int64_t b = 0;
-    for (; b + MR <= B; b += MR) tile<kIsa, T, MR, kFull>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
-    if (b < B) tail_tile<kIsa, T, MR - 1, kFull>(B - b, a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+    for (int64_t i = 0; i < full; ++i, b += MR) {
+      tile<kIsa, T, MR, kFull>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+    }
+    const int64_t first = rest < MR ? rest : (rest + 1) / 2;  // each < MR
+    for (const int64_t rows : {first, rest - first}) {
+      if (rows == 0) continue;
+      tail_tile<kIsa, T, MR - 1, kFull>(rows, a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+      b += rows;
+    }
   }
 }
 

@@ -79,12 +79,12 @@ struct Identity {
 
 // Loads of data written by other blocks earlier in the same launch: through L2,
 // bypassing the (non-coherent) L1.
-__device__ __forceinline__ float load_cg(const float* p) { return __ldcg(p); }
-__device__ __forceinline__ double load_cg(const double* p) { return __ldcg(p); }
-__device__ __forceinline__ __half load_cg(const __half* p) {
+__device__ __forceinline__ float load_from_l2(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ double load_from_l2(const double* p) { return __ldcg(p); }
+__device__ __forceinline__ __half load_from_l2(const __half* p) {
   return __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p)));
 }
-__device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
+__device__ __forceinline__ __nv_bfloat16 load_from_l2(const __nv_bfloat16* p) {
   return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
 }
 
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
       const Scalar* w_row = W_SMEM ? w_smem + col * H : p.w_hh + (g * H + j0 + u) * H;
       const Scalar* h_row = h_prev + b * H;
       Acc sum = 0;
-      for (int64_t k = lane; k < H; k += 32) sum += to_acc(load_cg(h_row + k)) * to_acc(w_row[k]);
+      for (int64_t k = lane; k < H; k += 32) sum += to_acc(load_from_l2(h_row + k)) * to_acc(w_row[k]);
       sum = warp_sum(sum);
       if (lane == 0) p.pre[b * GH + g * H + j0 + u] = sum;
     }
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
       }
       const Acc h_before = restart ? Acc(0) : p.h_state[b * H + j];
       const Acc c_before = kCell && !restart ? p.c_state[b * H + j] : Acc(0);
-      Cell::forward(x, hp, h_before, c_before, saved, h);
+      forward<Cell>(x, hp, h_before, c_before, saved, h);
       store_blocks<S>(p.saved + row * SH + j, H, saved, FromAcc<Scalar>{});
       p.output[row * H + j] = from_acc<Scalar>(h);
       p.h_state[b * H + j] = h;
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(CudaBackwardPa
       const Scalar* w_row = W_SMEM ? w_smem + u * GH : p.w_hh_t + k * GH;
       const Acc* d_row = delta + b * GH;
       Acc sum = 0;
-      for (int64_t n = lane; n < GH; n += 32) sum += load_cg(d_row + n) * to_acc(w_row[n]);
+      for (int64_t n = lane; n < GH; n += 32) sum += load_from_l2(d_row + n) * to_acc(w_row[n]);
       sum = warp_sum(sum);
       if (lane == 0) p.carry_h[b * H + k] = Cell::kDirectHiddenGrad ? p.carry_h[b * H + k] + sum : sum;
     }

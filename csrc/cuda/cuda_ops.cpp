@@ -39,7 +39,8 @@ struct CudaBackend {
   static c10::cuda::CUDAGuard device_guard(const at::Tensor& input) { return c10::cuda::CUDAGuard(input.device()); }
 
   template <class Cell>
-  static void forward(const ForwardTensors& t) {
+  static void forward(ForwardTensors& t) {
+    t.xproj = input_projection(t);
     const auto acc = acc_options(t.xproj);
     const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc);
     const at::Tensor h_state = at::empty({t.B, t.H}, acc);
@@ -56,7 +57,7 @@ struct CudaBackend {
   }
 
   template <class Cell>
-  static void backward(const BackwardTensors& t) {
+  static void backward(BackwardTensors& t) {
     const auto acc = acc_options(t.output);
     const at::Tensor w_hh_t = t.w_hh.t().contiguous();
     const at::Tensor delta = at::empty({2, t.B, Cell::kGates * t.H}, acc);

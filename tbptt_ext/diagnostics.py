@@ -1,0 +1,247 @@
+"""Diagnostics for truncated BPTT: the per-step gradient flow through a recurrent
+module, and the bias truncation puts into the gradient.
+
+:class:`GradientFlow` records ||dL/dh_t|| at every step of every backward through a
+tbptt_ext RNN/LSTM/GRU, computed by the fused backward kernels from the gradient they
+carry anyway. :func:`truncation_bias` compares the gradient of a window computed with
+the state detached every k steps against the full gradient, for several k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .modules import _ChunkedRNNBase
+from .tbptt import detach_state
+
+
+# ------------------------------------------------------------ gradient flow
+class _Record:
+    """The norms of one forward call's backward: [rows = layers x directions, T]."""
+
+    def __init__(self, flow: GradientFlow, rows: int, steps: int, calls: int):
+        self.flow, self.calls = flow, calls
+        self.norms = torch.full((rows, steps), float("nan"), dtype=torch.float64)
+        self.arrived = 0
+
+    def slot(self, row: int, offset: int) -> Callable[[Tensor], None]:
+        def receive(norms: Tensor) -> None:
+            self.norms[row, offset : offset + norms.shape[0]] = norms.detach().double().cpu()
+            self.arrived += 1
+            if self.arrived == self.calls:  # every layer and direction is in: one record
+                self.flow.records.append(self.norms.clone())
+                self.norms.fill_(float("nan"))
+                self.arrived = 0
+
+        return receive
+
+
+class GradientFlow(contextlib.AbstractContextManager):
+    """Records the gradient reaching a recurrent module's outputs, step by step.
+
+    While the context is active, every backward through ``module`` (a tbptt_ext RNN,
+    LSTM or GRU) records, for each layer and direction, ||dL/dh_t||_2 over batch and
+    hidden units at every step t of the chunk: the total gradient reaching the layer's
+    output at step t, its direct gradient plus what flows back from the step processed
+    after it (for LSTM the gradient of h_t). ``records`` gets one float64 tensor of
+    shape [layers x directions, T] per forward call whose backward ran (row
+    layer * directions + direction). Nothing is recorded, and nothing is paid, outside
+    the context. For PackedSequence input the reverse direction's steps count from
+    each sequence's end. Eager mode only (not under torch.compile)::
+
+        with tbptt_ext.diagnostics.GradientFlow(model.rnn) as flow:
+            trainer.run(inputs, targets)
+        flow.plot("gradient_flow.png")
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        if not isinstance(module, _ChunkedRNNBase):
+            raise TypeError(
+                f"GradientFlow needs a tbptt_ext RNN, LSTM or GRU module, got {type(module).__name__}"
+            )
+        self.module = module
+        self.records: list[Tensor] = []
+
+    def __enter__(self) -> GradientFlow:
+        if getattr(self.module, "_flow_recorder", None) is not None:
+            raise RuntimeError("this module is already being recorded by another GradientFlow")
+        self.module._flow_recorder = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.module._flow_recorder = None
+
+    def new_record(self, module, steps: int, calls_per_direction: int) -> _Record | None:
+        """Called by the module's forward: where its backward's norms go (None: no grad)."""
+        if not torch.is_grad_enabled():
+            return None
+        rows = module.num_layers * (2 if module.bidirectional else 1)
+        return _Record(self, rows, steps, rows * calls_per_direction)
+
+    def summary(self) -> dict[str, Tensor]:
+        """Mean, min and max of ||dL/dh_t|| over the records, against steps before the end of
+        the chunk (index 0: the last step processed), per layer/direction: [rows, steps]."""
+        if not self.records:
+            raise RuntimeError("GradientFlow recorded nothing: run a backward through the module inside the context")
+        rows, longest = self.records[0].shape[0], max(r.shape[1] for r in self.records)
+        aligned = torch.full((len(self.records), rows, longest), float("nan"), dtype=torch.float64)
+        directions = 2 if self.module.bidirectional else 1
+        for i, r in enumerate(self.records):
+            for row in range(rows):
+                # forward directions end at the last step, reverse ones at the first
+                seq = r[row].flip(0) if row % directions == 0 else r[row]
+                aligned[i, row, : seq.shape[0]] = seq
+        return {
+            "mean": aligned.nanmean(0),
+            "min": _nan_reduce(aligned, torch.amin),
+            "max": _nan_reduce(aligned, torch.amax),
+        }
+
+    def plot(self, path: str) -> None:
+        """Writes a PNG of ||dL/dh_t|| against steps before the chunk's end (log scale): one
+        line per layer/direction, the mean over the recorded backwards with its min-max band."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        stats = self.summary()
+        directions = 2 if self.module.bidirectional else 1
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps = torch.arange(stats["mean"].shape[1])
+        for row in range(stats["mean"].shape[0]):
+            label = f"layer {row // directions}" + (" reverse" if row % directions else "")
+            (line,) = ax.plot(steps, stats["mean"][row], label=label)
+            ax.fill_between(steps, stats["min"][row], stats["max"][row], color=line.get_color(), alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("steps before the end of the chunk")
+        ax.set_ylabel("||dL/dh_t||")
+        ax.set_title(f"gradient flow over {len(self.records)} backward(s)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _nan_reduce(x: Tensor, reduce) -> Tensor:
+    filled = torch.where(torch.isnan(x), torch.full_like(x, math.inf if reduce is torch.amin else -math.inf), x)
+    out = reduce(filled, 0)
+    return torch.where(torch.isinf(out), torch.full_like(out, float("nan")), out)
+
+
+# ------------------------------------------------------- truncation bias probe
+@dataclasses.dataclass
+class TruncationBias:
+    """Result of :func:`truncation_bias`: for each k, how the truncated gradient compares
+    with the full gradient of the same window."""
+
+    ks: list[int]
+    cosine: list[float]  # cosine similarity of g_k and g_full over all parameters
+    relative_error: list[float]  # ||g_k - g_full|| / ||g_full||
+    per_parameter: dict[str, dict[str, list[float]]]  # name -> {"cosine": [...], "relative_error": [...]}
+    full_gradient_norm: float
+
+    def suggest(self, threshold: float = 0.95) -> int | None:
+        """The smallest k whose cosine similarity with the full gradient reaches `threshold`."""
+        for k, c in sorted(zip(self.ks, self.cosine)):
+            if c >= threshold:
+                return k
+        return None
+
+    def table(self) -> str:
+        lines = [f"{'k':>6} {'cosine':>8} {'rel. error':>11}"]
+        lines += [f"{k:>6} {c:>8.4f} {e:>11.4f}" for k, c, e in zip(self.ks, self.cosine, self.relative_error)]
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> None:
+        """Writes a PNG of the cosine similarity and the relative error against k."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(self.ks, self.cosine, "o-", label="cosine(g_k, g_full)")
+        ax.plot(self.ks, self.relative_error, "s-", label="||g_k - g_full|| / ||g_full||")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("truncation length k")
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.set_title("truncation bias of the gradient")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def truncation_bias(
+    model: Callable,
+    inputs: Tensor,
+    targets: Any,
+    loss_fn: Callable[[Tensor, Any], Tensor],
+    ks: Sequence[int],
+    state: Any = None,
+    batch_first: bool = False,
+) -> TruncationBias:
+    """Measures how much cutting the graph every k steps bends the gradient of a window.
+
+    One loss over the whole window, ``loss_fn(outputs of all steps, targets)``. The full
+    gradient backpropagates through the whole window; the truncated gradient for k runs
+    the same forward (``model(x_chunk, state) -> (output, state)`` over chunks of k
+    steps, outputs concatenated along time) with the state detached between chunks, as
+    TBPTT(k) does without optimizer steps. Each run draws the same random numbers
+    (dropout masks agree). The model's parameters, their ``.grad`` and its train/eval mode
+    are left as they were.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if hasattr(
+        model, "named_parameters") else []
+    if not params:
+        raise ValueError("truncation_bias: the model has no parameters that require a gradient")
+    time_dim = 1 if batch_first else 0
+    steps = inputs.shape[time_dim]
+    ks = [int(k) for k in ks]
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"truncation_bias: ks must be positive integers, got {ks}")
+    names, tensors = zip(*params)
+    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state(inputs.device) if devices else None)
+
+        def gradient(k: int) -> list[Tensor]:
+            torch.set_rng_state(rng[0])
+            if devices:
+                torch.cuda.set_rng_state(rng[1], inputs.device)
+            s, outputs = detach_state(state), []
+            for chunk in inputs.split(k, time_dim):
+                output, s = model(chunk, s)
+                outputs.append(output)
+                if k < steps:
+                    s = detach_state(s)
+            loss = loss_fn(torch.cat(outputs, time_dim), targets)
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
+
+        full = gradient(steps)
+        truncated = {k: gradient(k) for k in ks}
+    full_flat = torch.cat([g.reshape(-1).double() for g in full])
+    full_norm = full_flat.norm().item()
+    cosine, rel, per_param = [], [], {n: {"cosine": [], "relative_error": []} for n in names}
+    for k in ks:
+        flat = torch.cat([g.reshape(-1).double() for g in truncated[k]])
+        cosine.append(_cosine(flat, full_flat))
+        rel.append(((flat - full_flat).norm() / max(full_norm, 1e-300)).item())
+        for n, g, f in zip(names, truncated[k], full):
+            g, f = g.reshape(-1).double(), f.reshape(-1).double()
+            per_param[n]["cosine"].append(_cosine(g, f))
+            per_param[n]["relative_error"].append(((g - f).norm() / f.norm().clamp_min(1e-300)).item())
+    return TruncationBias(ks, cosine, rel, per_param, full_norm)
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    denominator = a.norm() * b.norm()
+    return 1.0 if denominator == 0 else (a @ b / denominator).item()
