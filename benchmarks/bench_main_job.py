@@ -14,16 +14,15 @@ tbptt_ext time (> 1: tbptt_ext is faster) and, with --profile, where the time go
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
 
 import tbptt_ext
 from tbptt_ext.examples.char_lm import CharLM, cross_entropy
+from bench_cpu import time_interleaved  # benchmarks/bench_cpu.py: medians, runners alternating
 
 
 class Trainer:
@@ -38,7 +37,7 @@ class Trainer:
         self.data = torch.randint(0, 256, (args.bptt * 8 + 1, args.batch), generator=g)
         self.k, self.position, self.state = args.bptt, 0, None
 
-    def update(self):
+    def step(self):
         x = self.data[self.position : self.position + self.k]
         y = self.data[self.position + 1 : self.position + self.k + 1]
         self.position = (self.position + self.k) % (self.data.shape[0] - self.k - 1)
@@ -51,23 +50,10 @@ class Trainer:
         self.optimizer.zero_grad()
 
 
-def time_interleaved(trainers, repeats, warmup):
-    for _ in range(warmup):
-        for t in trainers:
-            t.update()
-    times = [[] for _ in trainers]
-    for _ in range(repeats):
-        for i, t in enumerate(trainers):
-            start = time.perf_counter()
-            t.update()
-            times[i].append(time.perf_counter() - start)
-    return times
-
-
 def profile(trainer, label, rows):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(5):
-            trainer.update()
+            trainer.step()
     print(f"\n{label}: self CPU time per update by op (5 updates profiled)")
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
     print(f"{'op':48} {'ms/update':>10} {'calls':>6}")
@@ -93,14 +79,13 @@ def main():
     trainers["tbptt_ext.LSTM"].model.load_state_dict(trainers["torch.nn.LSTM"].model.state_dict())
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.contention)]
     try:
-        times = time_interleaved(list(trainers.values()), args.repeats, args.warmup)
+        medians = [m * 1e3 for m in time_interleaved(list(trainers.values()), args.repeats, args.warmup)]
         if args.profile:
             for label, trainer in trainers.items():
                 profile(trainer, label, 14)
     finally:
         for proc in busy:
             proc.kill()
-    medians = [statistics.median(t) * 1e3 for t in times]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels: {tbptt_ext.ops.cpu_isa()}; "
           f"batch {args.batch} x k {args.bptt}, LSTM {args.embed} -> {args.hidden} x {args.layers}; "
           f"{args.contention} CPU-bound process(es) beside; median of {args.repeats}")
