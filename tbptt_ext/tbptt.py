@@ -117,9 +117,10 @@ class TBPTT:
         self.callback, self.progress = callback, progress
 
     # ------------------------------------------------------------------ input
-    def _chunks(self, inputs: Tensor, targets: Tensor) -> tuple[list, list]:
+    def _chunks(self, inputs: Tensor, targets: Tensor, resets: Tensor | None) -> list:
         time_dim = 1 if self.batch_first else 0
-        for name, t in (("inputs", inputs), ("targets", targets)):
+        named = [("inputs", inputs), ("targets", targets)] + ([("resets", resets)] if resets is not None else [])
+        for name, t in named:
             if not isinstance(t, Tensor):
                 raise ValueError(f"{name} must be a tensor (or pass an iterable of (x, y) chunks), got {type(t).__name__}")
             if t.dim() <= time_dim:
@@ -127,25 +128,33 @@ class TBPTT:
                     f"{name} must have a time dimension at dim {time_dim} "
                     f"({'batch_first' if self.batch_first else 'time first'}), got a {t.dim()}-D tensor"
                 )
-        if inputs.shape[time_dim] != targets.shape[time_dim]:
-            raise ValueError(
-                f"inputs and targets must have the same length along time (dim {time_dim}), got "
-                f"{inputs.shape[time_dim]} and {targets.shape[time_dim]}"
-            )
-        return list(zip(inputs.split(self.k1, time_dim), targets.split(self.k1, time_dim)))
+        for name, t in named[1:]:
+            if t.shape[time_dim] != inputs.shape[time_dim]:
+                raise ValueError(
+                    f"inputs and {name} must have the same length along time (dim {time_dim}), got "
+                    f"{inputs.shape[time_dim]} and {t.shape[time_dim]}"
+                )
+        return list(zip(*(t.split(self.k1, time_dim) for _, t in named)))
 
     # -------------------------------------------------------------------- run
-    def run(self, inputs: Tensor | Iterable, targets: Tensor | None = None, state: Any = None) -> TBPTTResult:
+    def run(self, inputs: Tensor | Iterable, targets: Tensor | None = None, state: Any = None,
+            resets: Tensor | None = None) -> TBPTTResult:
         """Trains over ``inputs``/``targets`` (tensors split into chunks of k1 steps), or
-        over ``inputs`` given as an iterable of (x_chunk, y_chunk) pairs (targets None),
-        starting from ``state``. Returns the losses and the final detached state."""
+        over ``inputs`` given as an iterable of (x_chunk, y_chunk) pairs or (x_chunk,
+        y_chunk, reset_chunk) triples (targets None), starting from ``state``. With
+        ``resets`` (a bool tensor with the time dimension of ``inputs``: [T, B], or [B, T]
+        with batch_first) or triples, each chunk runs as ``model(x_chunk, state,
+        reset=reset_chunk)``: True restarts a row's state at that step (episode or
+        document boundaries). Returns the losses and the final detached state."""
         if targets is None:
             if isinstance(inputs, Tensor):
                 raise ValueError("targets is required when inputs is a tensor")
+            if resets is not None:
+                raise ValueError("resets goes with tensor inputs; with an iterable, yield (x, y, reset) triples")
             chunks: Iterable = inputs
             total = len(inputs) if hasattr(inputs, "__len__") else None
         else:
-            chunks = self._chunks(inputs, targets)
+            chunks = self._chunks(inputs, targets, resets)
             total = len(chunks)
         bar = self._progress_bar(total)
         time_dim = 1 if self.batch_first else 0
@@ -154,8 +163,11 @@ class TBPTT:
         losses: list[float] = []
         steps, started = 0, time.perf_counter()
         for c, pair in enumerate(chunks):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"chunk {c}: expected an (x_chunk, y_chunk) pair, got {type(pair).__name__}")
+            if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+                raise ValueError(
+                    f"chunk {c}: expected an (x_chunk, y_chunk) pair or (x_chunk, y_chunk, reset_chunk) triple, "
+                    f"got {type(pair).__name__}"
+                )
             window.append(pair)
             value, state, after_first = self._update(window, anchor)
             if len(window) == self.window:  # the next window starts one chunk later
@@ -171,8 +183,10 @@ class TBPTT:
         """One update over the chunks in `window` from `anchor`. Returns the loss, the
         detached state after the last chunk and the detached state after the first."""
         state = anchor
-        for j, (x_chunk, _) in enumerate(window):
-            output, state = self.model(x_chunk, state)
+        for j, chunk in enumerate(window):
+            x_chunk = chunk[0]
+            output, state = self.model(x_chunk, state) if len(chunk) == 2 else self.model(x_chunk, state,
+                                                                                           reset=chunk[2])
             if j == 0:
                 after_first = detach_state(state)
         loss = self.loss_fn(output, window[-1][1])

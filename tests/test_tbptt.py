@@ -268,3 +268,68 @@ def test_bad_inputs():
     bad_loss = TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda o, y: (o - y).abs(), 5)
     with pytest.raises(ValueError, match="loss_fn must return a scalar tensor"):
         bad_loss.run(torch.randn(10, 2, 3), torch.randn(10, 2, 2))
+
+
+class ResettableRNNWithHead(RNNWithHead):
+    def forward(self, x, state=None, reset=None):
+        out, state = self.rnn(x, state, reset=reset)
+        return self.head(out), state
+
+
+def masked_loop(model, x, y, resets, k, lr=0.1):
+    """What people write without reset support: the RNN a step at a time, the state
+    multiplied by (1 - reset) before each step, TBPTT(k) around it. The truth here."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    state, losses = None, []
+    for start in range(0, x.shape[0], k):
+        outputs = []
+        for t in range(start, min(start + k, x.shape[0])):
+            keep = (~resets[t]).to(x.dtype).view(1, -1, 1)
+            if state is None:
+                state = torch.zeros(1, x.shape[1], model.rnn.hidden_size, dtype=x.dtype)
+            state = state * keep
+            out, state = model.rnn(x[t : t + 1], state)
+            outputs.append(out)
+        state = state.detach()
+        loss = nn.functional.mse_loss(model.head(torch.cat(outputs)), y[start : start + k])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, state
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_run_with_resets_matches_masked_step_loop(name):
+    torch.manual_seed(0)
+    ours = ResettableRNNWithHead(getattr(tbptt_ext, name)(3, 6, dtype=torch.float64))
+    theirs = RNNWithHead(getattr(nn, name)(3, 6, dtype=torch.float64))
+    theirs.load_state_dict(ours.state_dict())
+    x, y = data(T=40)
+    resets = torch.rand(40, 4, generator=torch.Generator().manual_seed(2)) < 0.1
+    result = TBPTT(ours, torch.optim.SGD(ours.parameters(), lr=0.1), nn.functional.mse_loss, k1=8).run(
+        x, y, resets=resets
+    )
+    losses, state = masked_loop(theirs, x, y, resets, 8)
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(losses), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(result.state, state, rtol=1e-10, atol=1e-10)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_run_with_resets_as_triples_and_k2():
+    torch.manual_seed(0)
+    model = ResettableRNNWithHead(tbptt_ext.LSTM(3, 6, dtype=torch.float64))
+    twin = ResettableRNNWithHead(tbptt_ext.LSTM(3, 6, dtype=torch.float64))
+    twin.load_state_dict(model.state_dict())
+    x, y = data(T=30)
+    resets = torch.rand(30, 4, generator=torch.Generator().manual_seed(3)) < 0.2
+    a = TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, k1=5, k2=10)
+    b = TBPTT(twin, torch.optim.SGD(twin.parameters(), lr=0.1), nn.functional.mse_loss, k1=5, k2=10)
+    r1 = a.run(x, y, resets=resets)
+    r2 = b.run(list(zip(x.split(5), y.split(5), resets.split(5))))
+    assert r1.losses == r2.losses
+    with pytest.raises(ValueError, match="inputs and resets must have the same length"):
+        a.run(x, y, resets=resets[:10])
+    with pytest.raises(ValueError, match=r"yield \(x, y, reset\) triples"):
+        a.run(list(zip(x.split(5), y.split(5))), resets=resets)

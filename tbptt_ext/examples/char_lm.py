@@ -2,27 +2,31 @@
 
 Embedding -> tbptt_ext.LSTM -> Linear over bytes, trained with tbptt_ext.TBPTT on one
 long text split into B parallel contiguous streams (as PyTorch's word_language_model
-example batchifies), the state carried across chunks. The default corpus is the
-Python standard library's own source, so nothing is downloaded.
+example batchifies), the state carried across chunks and restarted where a new source
+file begins. The default corpus is the Python standard library's own source, so
+nothing is downloaded.
 
     tbptt-char-lm                 # ~2 minutes on 2 CPU cores (= python -m tbptt_ext.examples.char_lm)
     tbptt-char-lm --compare       # also torch.nn.LSTM, side by side
     tbptt-char-lm --text FILE     # your own text
+    torchrun --nproc_per_node=2 --no-python tbptt-char-lm    # data parallel over 2 processes
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import multiprocessing
 import os
 import resource
-import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,29 +35,40 @@ import tbptt_ext
 BITS_PER_NAT = 1 / math.log(2)
 
 
-def stdlib_text(max_bytes: int) -> bytes:
+@dataclass
+class Corpus:
+    data: bytes
+    starts: list[int]  # byte offsets where a source file begins
+
+
+def stdlib_corpus(max_bytes: int) -> Corpus:
     """The standard library's .py files, concatenated in a fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
+    parts, starts, size = [], [], 0
     for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
         try:
             data = path.read_bytes()
         except OSError:
             continue
+        starts.append(size)
         parts.append(data)
         size += len(data)
         if size >= max_bytes:
             break
-    return b"".join(parts)[:max_bytes]
+    return Corpus(b"".join(parts)[:max_bytes], [s for s in starts if s < max_bytes])
 
 
-def load_corpus(text_file: str | None, max_bytes: int) -> bytes:
+def stdlib_text(max_bytes: int) -> bytes:
+    return stdlib_corpus(max_bytes).data
+
+
+def load_corpus(text_file: str | None, max_bytes: int) -> Corpus:
     if text_file is None:
-        return stdlib_text(max_bytes)
+        return stdlib_corpus(max_bytes)
     data = Path(text_file).read_bytes()[:max_bytes]
     if len(data) < 1000:
         raise SystemExit(f"--text {text_file}: need at least 1000 bytes of text, got {len(data)}")
-    return data
+    return Corpus(data, [0])
 
 
 def batchify(data: torch.Tensor, batch: int) -> torch.Tensor:
@@ -69,8 +84,11 @@ class CharLM(nn.Module):
         self.rnn = rnn_cls(embed, hidden, num_layers=layers)
         self.head = nn.Linear(hidden, vocab)
 
-    def forward(self, x, state=None):
-        output, state = self.rnn(self.embed(x), state)
+    def forward(self, x, state=None, reset=None):
+        if reset is None:
+            output, state = self.rnn(self.embed(x), state)
+        else:
+            output, state = self.rnn(self.embed(x), state, reset=reset)
         return self.head(output), state
 
 
@@ -79,15 +97,15 @@ def cross_entropy(logits, targets):
 
 
 @torch.no_grad()
-def evaluate_bpc(model, data: torch.Tensor, k: int) -> float:
+def evaluate_bpc(model, data: torch.Tensor, k: int, resets: torch.Tensor | None = None) -> float:
     """Bits per character on `data` ([T, B] streams), state carried across chunks."""
     model.eval()
     state, total, count = None, 0.0, 0
     for start in range(0, data.shape[0] - 1, k):
-        x = data[start : start + k]
         y = data[start + 1 : start + k + 1]
-        x = x[: y.shape[0]]
-        logits, state = model(x, state)
+        x = data[start : start + y.shape[0]]
+        reset = None if resets is None else resets[start : start + y.shape[0]]
+        logits, state = model(x, state, reset)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     model.train()
@@ -116,19 +134,75 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train(args, rnn_name: str, quiet: bool = False) -> dict:
-    """Trains one model; returns speed, memory and losses."""
+# ---------------------------------------------------------------- distributed
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(args) -> Distributed:
+    """Joins the process group when started by torchrun (WORLD_SIZE > 1): gloo on the CPU,
+    NCCL on GPUs. A bad launch is a clear error, not a hang."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if args.compare:
+        raise SystemExit("--compare runs single-process; start it without torchrun")
+    if args.batch % world != 0:
+        raise SystemExit(f"--batch {args.batch} must be divisible by the number of processes ({world}): "
+                         f"each process trains its own share of the {args.batch} streams")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise SystemExit(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
+                         "torchrun, e.g. torchrun --nproc_per_node=2 --no-python tbptt-char-lm")
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    timeout = datetime.timedelta(seconds=args.dist_timeout)
+    try:
+        torch_distributed.init_process_group(backend, timeout=timeout)
+        torch_distributed.barrier()  # every process arrived, within the timeout
+    except Exception as exc:  # noqa: BLE001 - any rendezvous failure gets the same advice
+        raise SystemExit(
+            f"distributed rendezvous failed ({type(exc).__name__}: {exc}); expected {world} processes at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {args.dist_timeout:.0f} s. "
+            "Start all of them with torchrun (--nproc_per_node / --nnodes) or raise --dist-timeout."
+        ) from exc
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(args.device)
+    return Distributed(torch_distributed.get_rank(), world)
+
+
+# ------------------------------------------------------------------ training
+def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = None) -> dict:
+    """Trains one model; returns speed, memory and losses (on every rank; rank 0 prints)."""
+    dist = dist or Distributed()
+    quiet = quiet or dist.rank != 0
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     corpus = load_corpus(args.text, args.max_chars)
-    data = torch.frombuffer(bytearray(corpus), dtype=torch.uint8).long()
+    data = torch.frombuffer(bytearray(corpus.data), dtype=torch.uint8).long()
+    starts = torch.zeros(len(data), dtype=torch.bool)
+    if args.file_resets:
+        starts[torch.tensor(corpus.starts[1:], dtype=torch.long)] = True
     split = int(len(data) * 0.95)
-    train_data = batchify(data[:split], args.batch).to(device)
-    valid_data = batchify(data[split:], min(args.batch, 8)).to(device)
+    train_data, train_starts = batchify(data[:split], args.batch), batchify(starts[:split], args.batch)
+    valid_data, valid_starts = batchify(data[split:], min(args.batch, 8)), batchify(starts[split:], min(args.batch, 8))
+    share = args.batch // dist.world  # this process's streams
+    columns = slice(dist.rank * share, (dist.rank + 1) * share)
+    train_data, train_starts = train_data[:, columns].to(device), train_starts[:, columns].to(device)
+    valid_data, valid_starts = valid_data.to(device), valid_starts.to(device)
     rnn_cls = tbptt_ext.LSTM if rnn_name == "tbptt_ext.LSTM" else nn.LSTM
     model = CharLM(rnn_cls, embed=args.embed, hidden=args.hidden, layers=args.layers).to(device)
+    trained = model
+    if dist.active:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    chars_per_chunk = args.bptt * args.batch
+    chars_per_chunk = args.bptt * args.batch  # over all processes
     bar = None
     if not quiet:
         try:
@@ -148,36 +222,51 @@ def train(args, rnn_name: str, quiet: bool = False) -> dict:
             print(f"update {update.update}: {bpc:.3f} bits/char, "
                   f"{update.steps_per_second * args.batch:,.0f} chars/s", flush=True)
 
-    trainer = tbptt_ext.TBPTT(model, optimizer, cross_entropy, k1=args.bptt, max_grad_norm=args.clip, callback=report)
+    trainer = tbptt_ext.TBPTT(trained, optimizer, cross_entropy, k1=args.bptt, max_grad_norm=args.clip,
+                              callback=report)
     rss_before = peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = trainer.run(train_data[:-1], train_data[1:])
+    resets = train_starts[:-1] if args.file_resets else None
+    result = trainer.run(train_data[:-1], train_data[1:], resets=resets)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
+    if args.save and dist.rank == 0:
+        torch.save({"model": model.state_dict(), "args": vars(args)}, args.save)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else peak_rss_mib())
     tail = result.losses[-max(1, len(result.losses) // 20):]
+    tail_loss = sum(tail) / len(tail)
+    if dist.active:  # each process saw its own streams: the mean over all of them
+        total = torch.tensor([tail_loss], dtype=torch.float64)
+        torch_distributed.all_reduce(total)
+        tail_loss = total.item() / dist.world
+    evaluate = dist.rank == 0
     return {
         "model": rnn_name,
+        "processes": dist.world,
         "seconds": seconds,
         "chars_per_second": len(result.losses) * chars_per_chunk / seconds,
         "peak_mib": peak,
         "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "rss_growth_mib": peak_rss_mib() - rss_before,
-        "final_train_bpc": sum(tail) / len(tail) * BITS_PER_NAT,
-        "valid_bpc": evaluate_bpc(model, valid_data, args.bptt),
+        "final_train_bpc": tail_loss * BITS_PER_NAT,
+        "valid_bpc": evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None)
+        if evaluate else float("nan"),
         "updates": len(result.losses),
-        "sample": sample(model, b"def ", args.sample_chars, 0.8, device) if args.sample_chars else "",
+        "sample": sample(model, b"def ", args.sample_chars, 0.8, device) if args.sample_chars and evaluate else "",
+        "parameters": [p.detach().cpu() for p in model.parameters()],
     }
 
 
 def _train_in_child(args, rnn_name, queue):
-    queue.put(train(args, rnn_name, quiet=True))
+    result = train(args, rnn_name, quiet=True)
+    result.pop("parameters")  # tensors would outlive this process's shared memory
+    queue.put(result)
 
 
 def train_isolated(args, rnn_name):
@@ -195,7 +284,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", help="train on this file instead of the standard library's source")
     p.add_argument("--max-chars", type=int, default=5_000_000, help="bytes of text to use (default 5M)")
-    p.add_argument("--batch", type=int, default=32, help="parallel streams")
+    p.add_argument("--batch", type=int, default=32, help="parallel streams (over all processes)")
     p.add_argument("--bptt", type=int, default=64, help="chunk length k1 (truncation)")
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
@@ -205,35 +294,66 @@ def parse_args(argv=None):
     p.add_argument("--sample-chars", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compare", action="store_true", help="also train torch.nn.LSTM and compare")
-    return p.parse_args(argv)
+    p.add_argument("--no-file-resets", dest="file_resets", action="store_false",
+                   help="carry the state across source-file boundaries instead of restarting it there")
+    p.add_argument("--save", help="save the trained model here (for tbptt-probe --load)")
+    p.add_argument("--compare", action="store_true",
+                   help="also train torch.nn.LSTM and compare (both without file resets: torch.nn has none)")
+    p.add_argument("--dist-timeout", type=float, default=60.0,
+                   help="seconds to wait for all processes of a torchrun launch (default 60)")
+    args = p.parse_args(argv)
+    if args.compare:
+        args.file_resets = False
+    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    print(f"tbptt_ext {tbptt_ext.__version__} on {args.device} "
-          f"(compiled backends: {sorted(tbptt_ext.compiled_backends()) or 'none'}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"corpus: {args.text or 'Python standard library source'}, {args.max_chars:,} bytes max; "
-          f"batch {args.batch} x bptt {args.bptt}, LSTM {args.layers}x{args.hidden}")
-    if not args.compare:
-        r = train(args, "tbptt_ext.LSTM")
-        print(f"\ntrained {r['updates']} updates in {r['seconds']:.1f} s, {r['chars_per_second']:,.0f} chars/s")
-        print(f"train bpc (last 5%): {r['final_train_bpc']:.3f}   held-out bpc: {r['valid_bpc']:.3f}")
-        if r["sample"]:
-            print("\nsample:\n" + r["sample"])
-        return r
-    results = [train_isolated(args, name) for name in ("tbptt_ext.LSTM", "torch.nn.LSTM")]
-    print(f"\n{'':24}{'tbptt_ext.LSTM':>18}{'torch.nn.LSTM':>18}")
+def comparison_table(results: list[dict]) -> str:
     rows = [("chars/s", "chars_per_second", "{:,.0f}"), ("time (s)", "seconds", "{:.1f}"),
             (f"peak MiB ({results[0]['peak_kind']})", "peak_mib", "{:.0f}"),
             ("final train bpc", "final_train_bpc", "{:.3f}"), ("held-out bpc", "valid_bpc", "{:.3f}")]
-    for label, key, fmt in rows:
-        print(f"{label:24}" + "".join(f"{fmt.format(r[key]):>18}" for r in results))
-    print(f"speed ratio (tbptt_ext / torch.nn): {results[0]['chars_per_second'] / results[1]['chars_per_second']:.2f}x")
-    if results[0]["sample"]:
-        print("\nsample (tbptt_ext.LSTM):\n" + results[0]["sample"])
-    return results
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'':{width}}" + "".join(f"{r['model']:>18}" for r in results)]
+    lines += [f"{label:{width}}" + "".join(f"{fmt.format(r[key]):>18}" for r in results) for label, key, fmt in rows]
+    ratio = results[0]["chars_per_second"] / results[1]["chars_per_second"]
+    lines.append(f"speed ratio (tbptt_ext / torch.nn): {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    """The main job; returns the result dict (a list of two with --compare)."""
+    args = parse_args(argv)
+    dist = setup_distributed(args)
+    try:
+        if dist.rank == 0:
+            where = f"{dist.world} processes" if dist.active else f"{torch.get_num_threads()} threads"
+            print(f"tbptt_ext {tbptt_ext.__version__} on {args.device} "
+                  f"(compiled backends: {sorted(tbptt_ext.compiled_backends()) or 'none'}), torch {torch.__version__}, "
+                  f"{where}")
+            print(f"corpus: {args.text or 'Python standard library source'}, {args.max_chars:,} bytes max; "
+                  f"batch {args.batch} x bptt {args.bptt}, LSTM {args.layers}x{args.hidden}; state "
+                  f"{'restarted at each file boundary' if args.file_resets else 'carried across file boundaries'}")
+        if not args.compare:
+            r = train(args, "tbptt_ext.LSTM", dist=dist)
+            if dist.rank == 0:
+                print(f"\ntrained {r['updates']} updates in {r['seconds']:.1f} s, {r['chars_per_second']:,.0f} chars/s"
+                      + (f" over {dist.world} processes" if dist.active else ""))
+                print(f"train bpc (last 5%): {r['final_train_bpc']:.3f}   held-out bpc: {r['valid_bpc']:.3f}")
+                if r["sample"]:
+                    print("\nsample:\n" + r["sample"])
+            return r
+        results = [train_isolated(args, name) for name in ("tbptt_ext.LSTM", "torch.nn.LSTM")]
+        print("\n" + comparison_table(results))
+        if results[0]["sample"]:
+            print("\nsample (tbptt_ext.LSTM):\n" + results[0]["sample"])
+        return results
+    finally:
+        if dist.active:
+            torch_distributed.destroy_process_group()
+
+
+def main(argv=None) -> None:
+    """The tbptt-char-lm command (prints; returns nothing)."""
+    run(argv)
 
 
 if __name__ == "__main__":
