@@ -111,5 +111,6 @@ setup(
     # The main job as a command: unlike `python -m`, a console script does not put the
     # current directory first on sys.path, so it finds the installed, compiled package
     # even when started from the source tree.
-    entry_points={"console_scripts": ["tbptt-char-lm = tbptt_ext.examples.char_lm:main"]},
+    entry_points={"console_scripts": ["tbptt-char-lm = tbptt_ext.examples.char_lm:main",
+                                     "tbptt-probe = tbptt_ext.examples.probe:main"]},
 )

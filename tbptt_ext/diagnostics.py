@@ -26,20 +26,25 @@ class _Record:
     """The norms of one forward call's backward: [rows = layers x directions, T]."""
 
     def __init__(self, flow: GradientFlow, rows: int, steps: int, calls: int):
-        self.flow, self.calls = flow, calls
-        self.norms = torch.full((rows, steps), float("nan"), dtype=torch.float64)
-        self.arrived = 0
+        self.flow, self.rows, self.steps, self.calls = flow, rows, steps, calls
+        self.parts: list[tuple[int, int, Tensor]] = []
 
     def slot(self, row: int, offset: int) -> Callable[[Tensor], None]:
         def receive(norms: Tensor) -> None:
-            self.norms[row, offset : offset + norms.shape[0]] = norms.detach().double().cpu()
-            self.arrived += 1
-            if self.arrived == self.calls:  # every layer and direction is in: one record
-                self.flow.records.append(self.norms.clone())
-                self.norms.fill_(float("nan"))
-                self.arrived = 0
+            self.parts.append((row, offset, norms.detach()))
+            if len(self.parts) == self.calls:  # every layer and direction is in: one record
+                self.flow.records.append(self._assemble())
+                self.parts = []
 
         return receive
+
+    def _assemble(self) -> Tensor:
+        if self.calls == 1 and self.rows == 1 and self.parts[0][2].shape[0] == self.steps:
+            return self.parts[0][2].to("cpu", torch.float64).unsqueeze(0)
+        out = torch.full((self.rows, self.steps), float("nan"), dtype=torch.float64)
+        for row, offset, norms in self.parts:
+            out[row, offset : offset + norms.shape[0]] = norms.to("cpu", torch.float64)
+        return out
 
 
 class GradientFlow(contextlib.AbstractContextManager):

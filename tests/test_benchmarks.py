@@ -36,3 +36,16 @@ def test_bench_cpu_quick():
     out = subprocess.run([sys.executable, str(BENCH / "bench_cpu.py"), "--quick"], check=True,
                          capture_output=True, text=True).stdout
     assert "geometric-mean speedup" in out
+
+
+def test_bench_features_quick():
+    out = subprocess.run([sys.executable, str(BENCH / "bench_features.py"), "--quick"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "Reset masks" in out and "geometric-mean overhead of the record" in out
+
+
+def test_bench_main_job_runs():
+    out = subprocess.run([sys.executable, str(BENCH / "bench_main_job.py"), "--repeats", "1", "--warmup", "0",
+                          "--batch", "4", "--bptt", "8", "--hidden", "16", "--embed", "8"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "speedup (torch.nn time / tbptt_ext time)" in out

@@ -73,3 +73,20 @@ def test_main_prints_and_returns_nothing(tmp_path, capsys):
     text = tmp_path / "corpus.txt"
     text.write_text("abcdefgh " * 2000)
     assert char_lm.main(["--text", str(text), *TINY, "--sample-chars", "0"]) is None
+
+
+def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, capsys):
+    from tbptt_ext.examples import probe
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    model_file = tmp_path / "model.pt"
+    char_lm.run(["--text", str(text), *TINY, "--save", str(model_file)])
+    capsys.readouterr()
+    probe.main(["--load", str(model_file), "--ks", "2,4,8", "--window", "16", "--batch", "2",
+                "--plot", str(tmp_path / "bias.png")])
+    out = capsys.readouterr().out
+    assert "rel. error" in out and "smallest k with cosine" in out or "no k up to 8" in out
+    assert (tmp_path / "bias.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="must be at least the largest k"):
+        probe.main(["--load", str(model_file), "--ks", "4,32", "--window", "16"])

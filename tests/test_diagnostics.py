@@ -1,0 +1,183 @@
+"""tbptt_ext.diagnostics: GradientFlow against autograd through torch.nn cell loops,
+and the truncation-bias probe against an independent computation."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import tbptt_ext
+from tbptt_ext.diagnostics import GradientFlow, truncation_bias
+
+T, B, I, H = 7, 3, 4, 5
+CELLS = {"RNN_TANH": nn.RNNCell, "RNN_RELU": nn.RNNCell, "LSTM": nn.LSTMCell, "GRU": nn.GRUCell}
+
+
+def make(cell, layers, bidirectional, backend="auto"):
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, dtype=torch.float64, backend=backend)
+    if cell.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if cell == "RNN_TANH" else "relu"
+    return getattr(tbptt_ext, "RNN" if cell.startswith("RNN") else cell)(I, H, **kwargs)
+
+
+def cell_loop_norms(module, cell, x, weights):
+    """||dL/dh_t|| by autograd through torch.nn cells, one step at a time: [L*D, T]."""
+    directions = 2 if module.bidirectional else 1
+    hs = {}
+    layer_input = x
+    for layer in range(module.num_layers):
+        outs = []
+        for d in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if d else "")
+            kwargs = {"nonlinearity": "tanh" if cell == "RNN_TANH" else "relu"} if cell.startswith("RNN") else {}
+            c = CELLS[cell](layer_input.shape[-1], H, dtype=torch.float64, **kwargs)
+            with torch.no_grad():
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(c, name).copy_(getattr(module, name + suffix))
+            state = None
+            steps = reversed(range(T)) if d else range(T)
+            out = [None] * T
+            for t in steps:
+                state = c(layer_input[t], state)
+                h = state[0] if cell == "LSTM" else state
+                h.retain_grad()
+                hs[(layer * directions + d, t)] = h
+                out[t] = h
+            outs.append(torch.stack(out))
+        layer_input = torch.cat(outs, -1)
+    (layer_input * weights).sum().backward()
+    return torch.tensor([[hs[(row, t)].grad.norm().item() for t in range(T)]
+                         for row in range(module.num_layers * directions)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("cell,layers,bidirectional,backend",
+                         list(itertools.product(CELLS, [1, 2], [False, True], ["fused", "reference"])))
+def test_gradient_flow_matches_autograd_through_a_cell_loop(cell, layers, bidirectional, backend):
+    if backend == "fused" and "cpu" not in tbptt_ext.compiled_backends():
+        pytest.skip("compiled CPU kernels not available")
+    torch.manual_seed(0)
+    module = make(cell, layers, bidirectional, backend)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    weights = torch.randn(T, B, H * (2 if bidirectional else 1), dtype=torch.float64)
+    with GradientFlow(module) as flow:
+        out, _ = module(x)
+        (out * weights).sum().backward()
+    assert len(flow.records) == 1 and flow.records[0].shape == (layers * (1 + bidirectional), T)
+    truth = cell_loop_norms(module, cell, x, weights)
+    torch.testing.assert_close(flow.records[0], truth, rtol=1e-10, atol=1e-12)
+
+
+def test_records_per_backward_only_inside_the_context(tmp_path):
+    torch.manual_seed(0)
+    module = make("LSTM", 2, False)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    module(x)[0].sum().backward()  # outside: nothing
+    with GradientFlow(module) as flow:
+        for _ in range(3):
+            module(x)[0].square().sum().backward()
+        with torch.no_grad():
+            module(x)  # no backward, no record
+        out, _ = module(x)
+        out.sum().backward(retain_graph=True)
+        out.sum().backward()  # a second backward through the same graph: a second record
+    assert len(flow.records) == 5
+    module(x)[0].sum().backward()
+    assert len(flow.records) == 5 and module._flow_recorder is None
+    stats = flow.summary()
+    assert stats["mean"].shape == (2, T) and torch.all(stats["min"] <= stats["max"])
+    flow.plot(tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_packed_input_and_truncated_chunks():
+    torch.manual_seed(0)
+    module = make("GRU", 1, True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    packed = pack_padded_sequence(x, [7, 5, 2])
+    with GradientFlow(module) as flow:
+        out, _ = module(packed)
+        out.data.sum().backward()
+        state = None
+        for chunk in x.split(3):  # TBPTT-style chunks of 3, 3, 1 steps
+            out, state = module(chunk, state)
+            out.sum().backward()
+            state = state.detach()
+    assert [r.shape[1] for r in flow.records] == [T, 3, 3, 1]
+    assert not torch.isnan(flow.records[0]).any()
+
+
+def test_gradient_flow_errors():
+    with pytest.raises(TypeError, match="needs a tbptt_ext RNN, LSTM or GRU"):
+        GradientFlow(nn.LSTM(3, 4))
+    module = make("RNN_TANH", 1, False)
+    with GradientFlow(module):
+        with pytest.raises(RuntimeError, match="already being recorded"):
+            GradientFlow(module).__enter__()
+    with pytest.raises(RuntimeError, match="recorded nothing"):
+        GradientFlow(module).summary()
+
+
+# ---------------------------------------------------------------- probe
+class Net(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size, 2, dtype=torch.float64)
+
+    def forward(self, x, state=None):
+        out, state = self.rnn(x, state)
+        return self.head(out), state
+
+
+def independent_truncated_gradient(model, x, y, k):
+    """The gradient of one loss over the window with the state detached every k steps,
+    by a torch.nn cell loop written out."""
+    rnn = model.rnn
+    cell = nn.LSTMCell(I, H, dtype=torch.float64)
+    cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh = (rnn.weight_ih_l0, rnn.weight_hh_l0,
+                                                                  rnn.bias_ih_l0, rnn.bias_hh_l0)
+    state, outs = None, []
+    for t in range(x.shape[0]):
+        if t % k == 0 and state is not None:
+            state = tuple(s.detach() for s in state)
+        state = cell(x[t], state)
+        outs.append(state[0])
+    loss = nn.functional.mse_loss(model.head(torch.stack(outs)), y)
+    return torch.autograd.grad(loss, list(model.parameters()))
+
+
+def test_truncation_bias_against_an_independent_computation(tmp_path):
+    torch.manual_seed(0)
+    model = Net(tbptt_ext.LSTM(I, H, dtype=torch.float64))
+    x, y = torch.randn(24, B, I, dtype=torch.float64), torch.randn(24, B, 2, dtype=torch.float64)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)  # must survive untouched
+    before = [p.detach().clone() for p in model.parameters()]
+    result = truncation_bias(model, x, y, nn.functional.mse_loss, ks=[1, 4, 8, 24])
+    full = torch.cat([g.reshape(-1) for g in independent_truncated_gradient(model, x, y, 24)])
+    for k, cosine, rel in zip(result.ks, result.cosine, result.relative_error):
+        g = torch.cat([g.reshape(-1) for g in independent_truncated_gradient(model, x, y, k)])
+        assert cosine == pytest.approx(torch.nn.functional.cosine_similarity(g, full, 0).item(), abs=1e-10)
+        assert rel == pytest.approx(((g - full).norm() / full.norm()).item(), abs=1e-10)
+    assert result.cosine[-1] == pytest.approx(1.0) and result.relative_error[-1] == pytest.approx(0.0, abs=1e-12)
+    assert result.cosine[0] < 1.0
+    assert set(result.per_parameter) == {n for n, _ in model.named_parameters()}
+    assert result.suggest(threshold=1.0 - 1e-9) == 24
+    assert result.suggest(threshold=-1.0) == 1
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b) and torch.equal(p.grad, torch.full_like(p, 7.0))
+    assert "cosine" in result.table()
+    result.plot(tmp_path / "bias.png")
+    assert (tmp_path / "bias.png").stat().st_size > 0
+
+
+def test_truncation_bias_same_dropout_masks_and_errors():
+    torch.manual_seed(0)
+    model = Net(tbptt_ext.GRU(I, H, num_layers=2, dropout=0.5, dtype=torch.float64))
+    x, y = torch.randn(12, B, I, dtype=torch.float64), torch.randn(12, B, 2, dtype=torch.float64)
+    result = truncation_bias(model, x, y, nn.functional.mse_loss, ks=[12])
+    assert result.cosine[0] == pytest.approx(1.0)  # k = window: the same masks, the same gradient
+    with pytest.raises(ValueError, match="ks must be positive"):
+        truncation_bias(model, x, y, nn.functional.mse_loss, ks=[0])
