@@ -10,6 +10,9 @@
 //             dx = grad_xproj W_ih (unless the backend's loop made it),
 //             dW_ih = grad_xproj^T x,  dW_hh = grad_hp^T h_prev,  db = sum of grad_xproj
 //             (grad_hp), each one GEMM or reduction over the chunk.
+// With a projection (LSTM proj_size = P > 0, w_hr [P, H]) the cell's output r_t [B, H]
+// is kept as one more saved block and the layer's h_t = r_t W_hr^T [B, P] is what
+// recurs; dW_hr = sum_t (dL/dh_t)^T r_t, with dL/dh_t [T, B, P] from the backend.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,8 +35,9 @@ using OptTensor = std::optional<at::Tensor>;
 // where a cell or call has none.
 struct ChunkTensors {
   int64_t T = 0, B = 0, I = 0, H = 0;
+  int64_t P = 0;  // width of h (the layer's output): H, or proj_size with a projection
   bool reverse = false;
-  at::Tensor input, w_ih, w_hh, h0, c0, reset;
+  at::Tensor input, w_ih, w_hh, w_hr, h0, c0, reset;  // w_hr: [P, H] or undefined
 };
 
 struct ForwardTensors : ChunkTensors {
@@ -47,6 +51,7 @@ struct BackwardTensors : ChunkTensors {
   at::Tensor grad_output, grad_h_n, grad_c_n, output, saved;        // inputs
   at::Tensor grad_xproj, grad_hp, grad_h0, grad_c0, grad_h_record;  // outputs
   at::Tensor grad_input;  // [T, B, I] if the backend computes it (else the driver does)
+  at::Tensor grad_h;      // [T, B, P] dL/dh_t, with a projection (for dW_hr)
 };
 
 // x W_ih^T of every step of the chunk, one GEMM: [T, B, G*H].
@@ -64,7 +69,7 @@ void set(P*& field, const at::Tensor& t) {
 // spell it (e.g. __half for at::Half), Acc the arithmetic type.
 template <typename Scalar>
 void set_base(ChunkParamsBase<Scalar>& p, const ChunkTensors& t) {
-  p.T = t.T, p.B = t.B, p.H = t.H, p.reverse = t.reverse;
+  p.T = t.T, p.B = t.B, p.H = t.H, p.P = t.P, p.reverse = t.reverse;
   set(p.reset, t.reset), set(p.h0, t.h0), set(p.c0, t.c0);
 }
 
@@ -84,13 +89,14 @@ BackwardParams<Scalar, Acc> backward_params(const BackwardTensors& t) {
   set(p.grad_output, t.grad_output), set(p.grad_h_n, t.grad_h_n), set(p.grad_c_n, t.grad_c_n);
   set(p.output, t.output), set(p.saved, t.saved);
   set(p.grad_xproj, t.grad_xproj), set(p.grad_hp, t.grad_hp), set(p.grad_h0, t.grad_h0), set(p.grad_c0, t.grad_c0);
+  set(p.grad_h, t.grad_h);
   set(p.grad_h_record, t.grad_h_record);
   return p;
 }
 
 // ------------------------------------------------------------------ checks
 struct Dims {
-  int64_t T, B, I, H;
+  int64_t T, B, I, H, P;  // P: the width of h (H without a projection)
 };
 
 // Checks one tensor's shape, dtype and device against the call's.
@@ -103,20 +109,30 @@ inline void check_arg(const char* op, const char* name, const at::Tensor& t, at:
               " (the device of input), got ", t.device());
 }
 
-// input [T, B, I], w_ih [G*H, I], w_hh [G*H, H], h0 [B, H]: the sizes of the call.
+// input [T, B, I], w_ih [G*H, I], w_hh [G*H, P], h0 [B, P], w_hr [P, H] or undefined
+// (then P = H): the sizes of the call.
 template <class Cell>
 Dims check_dims(const char* op, const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                const at::Tensor& h0) {
+                const at::Tensor& h0, const at::Tensor& w_hr) {
   constexpr int G = Cell::kGates;
   TORCH_CHECK(input.dim() == 3, op, ": input must be [T, B, I], got a ", input.dim(), "-D tensor of shape ",
               input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be a floating-point tensor, got ",
               input.scalar_type());
-  TORCH_CHECK(h0.dim() == 2, op, ": h0 must be [B, H], got shape ", h0.sizes());
-  const Dims d{input.size(0), input.size(1), input.size(2), h0.size(1)};
-  check_arg(op, "h0", h0, {d.B, d.H}, input);
+  const char* width = w_hr.defined() ? "P" : "H";
+  TORCH_CHECK(h0.dim() == 2, op, ": h0 must be [B, ", width, "], got shape ", h0.sizes());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % G == 0, op, ": w_hh must be [", G, "H, ", width, "], got shape ",
+              w_hh.sizes());
+  const int64_t H = w_hh.size(0) / G, P = w_hr.defined() ? h0.size(1) : H;
+  const Dims d{input.size(0), input.size(1), input.size(2), H, P};
+  check_arg(op, "h0", h0, {d.B, d.P}, input);
   check_arg(op, "w_ih", w_ih, {G * d.H, d.I}, input);
-  check_arg(op, "w_hh", w_hh, {G * d.H, d.H}, input);
+  check_arg(op, "w_hh", w_hh, {G * d.H, d.P}, input);
+  if (w_hr.defined()) {
+    TORCH_CHECK(P < H, op, ": the projection size P must be smaller than the hidden size H (as in torch.nn), got P = ",
+                P, ", H = ", H);
+    check_arg(op, "w_hr", w_hr, {d.P, d.H}, input);
+  }
   return d;
 }
 
@@ -135,13 +151,14 @@ inline at::Tensor reset_bytes(const char* op, const OptTensor& reset, const Dims
 // What forward and backward share: the sizes, the reset mask, input, weights and the entering state.
 template <class Cell>
 void prepare_common(const char* op, ChunkTensors& t, const Dims& d, bool reverse, const OptTensor& reset,
-                    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
-                    const at::Tensor& c0) {
-  t.T = d.T, t.B = d.B, t.I = d.I, t.H = d.H, t.reverse = reverse;
+                    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                    const at::Tensor& h0, const at::Tensor& c0) {
+  t.T = d.T, t.B = d.B, t.I = d.I, t.H = d.H, t.P = d.P, t.reverse = reverse;
   t.reset = reset_bytes(op, reset, d, input);
   t.input = input.contiguous();
   t.w_ih = w_ih.contiguous();
   t.w_hh = w_hh.contiguous();
+  if (w_hr.defined()) t.w_hr = w_hr.contiguous();
   t.h0 = h0.contiguous();
   if constexpr (Cell::kCellIndex >= 0) {
     check_arg(op, "c0", c0, {d.B, d.H}, input);
@@ -154,20 +171,24 @@ struct ForwardResult {
   at::Tensor output, h_n, c_n, saved;
 };
 
+// The saved blocks of a call: the cell's, and its output r_t with a projection.
+inline int64_t saved_blocks(int S, const at::Tensor& w_hr) { return S + (w_hr.defined() ? 1 : 0); }
+
 template <class Cell, class Backend>
 ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                            const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset, bool reverse) {
+                            const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset, bool reverse,
+                            const at::Tensor& w_hr = {}) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0);
+  const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0, w_hr);
   for (const auto& [name, b] : {std::pair{"b_ih", &b_ih}, std::pair{"b_hh", &b_hh}}) {
     if (b->has_value()) check_arg(op, name, **b, {G * d.H}, input);
   }
   Backend::check_supported(op, input);
   [[maybe_unused]] const auto guard = Backend::device_guard(input);
   ForwardTensors t;
-  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, h0, c0);
+  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, w_hr, h0, c0);
   // Biases are added inside the recurrence (no [T, B, G*H] broadcast): b_ih (+ b_hh) on
   // the input side, b_hh on the recurrent side for kRecurrentBiasInside cells. Absent
   // biases are zeros, so the kernels always have both vectors.
@@ -181,8 +202,8 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
     t.bias_x = b_hh.has_value() ? bi + bh : bi;
   }
   const auto opts = input.options();
-  t.output = at::empty({d.T, d.B, d.H}, opts);
-  t.saved = at::empty({d.T, d.B, S * d.H}, opts);
+  t.output = at::empty({d.T, d.B, d.P}, opts);
+  t.saved = at::empty({d.T, d.B, saved_blocks(S, w_hr) * d.H}, opts);
   if (d.T > 0 && d.B > 0) Backend::template forward<Cell>(t);
   // The final state: where the direction ends (time T - 1, or 0 in reverse).
   ForwardResult r{t.output, {}, {}, t.saved};
@@ -196,7 +217,7 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
 
 // -------------------------------------------------------------- backward
 struct BackwardResult {
-  at::Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h_norm;
+  at::Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h_norm, grad_w_hr;
 };
 
 // sum over t of grad_hp_t^T h_{t-1} ([G*H, H]), h_{t-1} being the state that entered
@@ -229,19 +250,19 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
                               const at::Tensor& grad_c_n, const at::Tensor& input, const at::Tensor& output,
                               const at::Tensor& saved, const at::Tensor& w_ih, const at::Tensor& w_hh,
                               const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset, bool reverse,
-                              bool input_needs_grad, bool record_flow) {
+                              bool input_needs_grad, bool record_flow, const at::Tensor& w_hr = {}) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0);
-  check_arg(op, "grad_output", grad_output, {d.T, d.B, d.H}, input);
-  check_arg(op, "output", output, {d.T, d.B, d.H}, input);
-  check_arg(op, "saved", saved, {d.T, d.B, S * d.H}, input);
-  check_arg(op, "grad_h_n", grad_h_n, {d.B, d.H}, input);
+  const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0, w_hr);
+  check_arg(op, "grad_output", grad_output, {d.T, d.B, d.P}, input);
+  check_arg(op, "output", output, {d.T, d.B, d.P}, input);
+  check_arg(op, "saved", saved, {d.T, d.B, saved_blocks(S, w_hr) * d.H}, input);
+  check_arg(op, "grad_h_n", grad_h_n, {d.B, d.P}, input);
   if constexpr (kCell) check_arg(op, "grad_c_n", grad_c_n, {d.B, d.H}, input);
   Backend::check_supported(op, input);
   [[maybe_unused]] const auto guard = Backend::device_guard(input);
   BackwardTensors t;
-  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, h0, c0);
+  prepare_common<Cell>(op, t, d, reverse, reset, input, w_ih, w_hh, w_hr, h0, c0);
   t.input_needs_grad = input_needs_grad;
   t.grad_output = grad_output.contiguous();
   t.grad_h_n = grad_h_n.contiguous();
@@ -252,9 +273,10 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   const auto acc_opts = opts.dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   t.grad_xproj = at::empty({d.T, d.B, G * d.H}, opts);
   if constexpr (Cell::kRecurrentBiasInside) t.grad_hp = at::empty({d.T, d.B, G * d.H}, opts);
-  t.grad_h0 = at::empty({d.B, d.H}, opts);
+  t.grad_h0 = at::empty({d.B, d.P}, opts);
   if constexpr (kCell) t.grad_c0 = at::empty({d.B, d.H}, opts);
-  if (record_flow) t.grad_h_record = at::empty({d.T, d.B, d.H}, acc_opts);
+  if (record_flow) t.grad_h_record = at::empty({d.T, d.B, d.P}, acc_opts);
+  if (w_hr.defined()) t.grad_h = at::zeros({d.T, d.B, d.P}, opts);
   if (d.T == 0 || d.B == 0) {
     t.grad_xproj.zero_();
     if (t.grad_hp.defined()) t.grad_hp.zero_();
@@ -282,7 +304,11 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   r.grad_b_ih = grad_x2.sum(0);
   const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
   r.grad_w_hh = d.T > 0 ? recurrent_weight_grad(grad_hp, t.output, t.h0, t.reset, reverse)
-                        : at::zeros({GH, d.H}, opts);
+                        : at::zeros({GH, d.P}, opts);
+  if (w_hr.defined()) {  // dW_hr = sum_t (dL/dh_t)^T r_t, r_t the last saved block (a strided view)
+    const int64_t width = t.saved.size(2);
+    r.grad_w_hr = at::mm(t.grad_h.view({TB, d.P}).t(), t.saved.view({TB, width}).narrow(1, width - d.H, d.H));
+  }
   r.grad_b_hh = Cell::kRecurrentBiasInside ? grad_hp.view({TB, GH}).sum(0) : r.grad_b_ih;
   r.grad_h_norm = record_flow ? at::linalg_vector_norm(t.grad_h_record, 2, at::IntArrayRef{1, 2})
                               : at::empty({0}, acc_opts);
@@ -319,21 +345,23 @@ struct ChunkOps {
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
-      const OptTensor& b_hh, const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset, bool reverse) {
+      const OptTensor& b_hh, const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset, bool reverse,
+      const OptTensor& w_hr) {
     auto r = chunk_forward<LSTMCell, Backend>("tbptt_ext::lstm_chunk_forward", input, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                                              reset, reverse);
+                                              reset, reverse, w_hr.value_or(at::Tensor()));
     return {r.output, r.h_n, r.c_n, r.saved};
   }
 
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
   lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
                 const at::Tensor& input, const at::Tensor& output, const at::Tensor& saved, const at::Tensor& w_ih,
                 const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0, const OptTensor& reset,
-                bool reverse, bool input_needs_grad, bool record_flow) {
+                bool reverse, bool input_needs_grad, bool record_flow, const OptTensor& w_hr) {
     auto r = chunk_backward<LSTMCell, Backend>("tbptt_ext::lstm_chunk_backward", grad_output, grad_h_n, grad_c_n,
                                                input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
-                                               input_needs_grad, record_flow);
-    return {r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_h_norm};
+                                               input_needs_grad, record_flow, w_hr.value_or(at::Tensor()));
+    const at::Tensor grad_w_hr = r.grad_w_hr.defined() ? r.grad_w_hr : at::empty({0}, input.options());
+    return {r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_h_norm, grad_w_hr};
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(const at::Tensor& input, const at::Tensor& w_ih,

@@ -23,6 +23,7 @@ namespace tbptt {
 template <typename Scalar>
 struct ChunkParamsBase {
   int64_t T = 0, B = 0, H = 0;
+  int64_t P = 0;  // width of h: H, or the projection size (LSTM proj_size; CPU only)
   bool reverse = false;
   const uint8_t* reset = nullptr;  // [T, B] or null
   const Scalar* h0 = nullptr;      // [B, H]
@@ -30,6 +31,9 @@ struct ChunkParamsBase {
   const Scalar* bias_h = nullptr;  // [G*H] b_hh of kRecurrentBiasInside cells (zeros without bias), else null
 
   TBPTT_HD int64_t time_of(int64_t s) const { return reverse ? T - 1 - s : s; }
+  // With a projection (P < H) the cell's output r_t is one more saved block.
+  TBPTT_HD bool projected() const { return P != H; }
+  TBPTT_HD int64_t saved_width(int cell_saved_blocks) const { return (cell_saved_blocks + (projected() ? 1 : 0)) * H; }
 
   // Whether the state entering processing step s is zero for row b.
   TBPTT_HD bool restarts(int64_t s, int64_t b) const {
@@ -57,6 +61,7 @@ struct BackwardParams : ChunkParamsBase<Scalar> {
   const Scalar* saved = nullptr;        // [T, B, S*H] as written by the forward
   Scalar* grad_xproj = nullptr;         // [T, B, G*H]  dL/d(input-side pre-activation)
   Scalar* grad_hp = nullptr;            // [T, B, G*H]  dL/d(h_{t-1} W_hh^T + b_hh), kRecurrentBiasInside only
+  Scalar* grad_h = nullptr;             // [T, B, P]  dL/dh_t, with a projection (CPU)
   Scalar* grad_h0 = nullptr;            // [B, H]  (zero where the first step restarts: the driver)
   Scalar* grad_c0 = nullptr;            // [B, H], cells with a cell state
   Acc* grad_h_record = nullptr;         // [T, B, H] or null: dL/dh_t (output gradient + carry) per step

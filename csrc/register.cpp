@@ -15,6 +15,10 @@
 //   output [T, B, H]     h_t at every time t;  h_n, c_n [B, H] where the direction ends
 //   saved [T, B, S*H]    what the backward needs: LSTM (i, f, g, o, c_t), S = 5;
 //                        GRU (r, z, n, W_hn h_{t-1} + b_hn), S = 4; RNN nothing
+//   w_hr [P, H] or None  LSTM projection (torch.nn's proj_size = P): h_t = W_hr (o tanh c_t)
+//                        is P wide (h0, h_n, output, w_hh [4H, P] too), c stays H wide, and
+//                        saved gets one more block, o tanh c_t (S = 6); grad_w_hr [P, H]
+//                        (an empty tensor without a projection)
 // Backward: grad_output [T, B, H] and grad_h_n, grad_c_n [B, H] in; out the gradients of
 // input (an empty tensor unless input_needs_grad), h0, c0, w_ih, w_hh and the biases
 // (RNN and LSTM: one grad_bias for b_ih and b_hh alike), and, if record_flow, grad_h_norm
@@ -40,11 +44,13 @@ TORCH_LIBRARY(tbptt_ext, m) {
         "Tensor grad_h_norm)");
 
   m.def("lstm_chunk_forward(Tensor input, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
-        "Tensor c0, Tensor? reset, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor saved)");
+        "Tensor c0, Tensor? reset, bool reverse, Tensor? w_hr=None) -> "
+        "(Tensor output, Tensor h_n, Tensor c_n, Tensor saved)");
   m.def("lstm_chunk_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor output, "
         "Tensor saved, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor? reset, bool reverse, "
-        "bool input_needs_grad, bool record_flow) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, "
-        "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h_norm)");
+        "bool input_needs_grad, bool record_flow, Tensor? w_hr=None) -> (Tensor grad_input, Tensor grad_h0, "
+        "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h_norm, "
+        "Tensor grad_w_hr)");
 
   m.def("gru_chunk_forward(Tensor input, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
         "Tensor? reset, bool reverse) -> (Tensor output, Tensor h_n, Tensor saved)");

@@ -56,27 +56,31 @@ class RNNChunk(torch.autograd.Function):
 
 
 class LSTMChunk(torch.autograd.Function):
-    """(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow) -> (output [T,B,H], h_n, c_n [B,H])."""
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr) -> (output [T,B,P], h_n [B,P],
+    c_n [B,H]); w_hr [P, H] or None (P = H) is torch.nn's projection (proj_size)."""
 
     @staticmethod
-    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None):
+    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None,
+                w_hr=None):
         output, h_n, c_n, saved = _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset,
-                                                                  reverse)
-        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, c0, reset)
+                                                                  reverse, w_hr)
+        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         return output, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
-        input, output, saved, w_ih, w_hh, h0, c0, reset = ctx.saved_tensors
-        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms = _impl(ctx.fused).lstm_chunk_backward(
+        input, output, saved, w_ih, w_hh, h0, c0, reset, w_hr = ctx.saved_tensors
+        (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms,
+         grad_w_hr) = _impl(ctx.fused).lstm_chunk_backward(
             grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, ctx.reverse,
-            ctx.needs_input_grad[0], ctx.flow is not None,
+            ctx.needs_input_grad[0], ctx.flow is not None, w_hr,
         )
         _report(ctx.flow, norms)
         return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
-                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, grad_c0, None, None, None, None)
+                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, grad_c0, None, None, None, None,
+                grad_w_hr if w_hr is not None else None)
 
 
 class GRUChunk(torch.autograd.Function):

@@ -129,8 +129,10 @@ class _ChunkedRNNBase(nn.RNNBase):
         batch_sizes = inp.packed_info[0] if inp.packed_info else None
         if hx is None:
             directions = 2 if self.bidirectional else 1
-            zeros = inp.x.new_zeros((self.num_layers * directions, inp.batch, self.hidden_size))
-            hx = (zeros, zeros) if self._has_cell_state else zeros
+            h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+            h = inp.x.new_zeros((self.num_layers * directions, inp.batch, h_size))
+            c = inp.x.new_zeros((self.num_layers * directions, inp.batch, self.hidden_size))
+            hx = (h, c) if self._has_cell_state else h
         elif inp.packed_info:
             hx = self.permute_hidden(hx, inp.packed_info[1])
         else:
@@ -216,17 +218,21 @@ class _ChunkedRNNBase(nn.RNNBase):
         w_hh = getattr(self, "weight_hh" + suffix)
         b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
         b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
-        return w_ih, w_hh, b_ih, b_hh
+        w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None
+        return w_ih, w_hh, b_ih, b_hh, w_hr
 
     def _run_cell(self, x, params, state, reset, reverse, fused, flow):
         """One autograd.Function call: x [T, B, I] -> (output [T, B, H], final state)."""
+        w_ih, w_hh, b_ih, b_hh, w_hr = params
         if self.mode == "LSTM":
-            out, h, c = LSTMChunk.apply(x, *params, state[0], state[1], reset, reverse, fused, flow)
+            out, h, c = LSTMChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], state[1], reset, reverse, fused, flow,
+                                        w_hr)
             return out, (h, c)
         if self.mode == "GRU":
-            out, h = GRUChunk.apply(x, *params, state[0], reset, reverse, fused, flow)
+            out, h = GRUChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse, fused, flow)
             return out, (h,)
-        out, h = RNNChunk.apply(x, *params, state[0], reset, reverse, self.mode == "RNN_RELU", fused, flow)
+        out, h = RNNChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse, self.mode == "RNN_RELU", fused,
+                                flow)
         return out, (h,)
 
     def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow_slot):
@@ -257,6 +263,13 @@ class _ChunkedRNNBase(nn.RNNBase):
         if self.backend == "reference":
             return False
         device, dtype = input.device.type, input.dtype
+        if self.proj_size > 0 and device != "cpu":  # projections are fused on the CPU only
+            if self.backend == "fused":
+                raise RuntimeError(
+                    f"{type(self).__name__}(backend='fused'): LSTM projections (proj_size > 0) have fused kernels "
+                    f"on the CPU only, not on '{device}'. Use backend='auto' to run the reference there."
+                )
+            return False
         if ops.has_fused_kernel(device, dtype):
             return True
         if self.backend == "fused":
@@ -343,11 +356,8 @@ class RNN(_ChunkedRNNBase):
 
 
 class LSTM(_ChunkedRNNBase):
-    """Drop-in torch.nn.LSTM on fused chunk kernels; see the module docstring.
-
-    proj_size > 0 (LSTM with projections) is not implemented and raises
-    NotImplementedError.
-    """
+    """Drop-in torch.nn.LSTM on fused chunk kernels, proj_size included; see the module
+    docstring. With proj_size > 0 the CUDA path runs the reference."""
 
     def __init__(
         self,
@@ -364,18 +374,15 @@ class LSTM(_ChunkedRNNBase):
         *,
         backend: str = "auto",
     ):
-        if proj_size != 0:
-            raise NotImplementedError(
-                f"tbptt_ext.LSTM does not support proj_size > 0 (got proj_size={proj_size}); "
-                "use torch.nn.LSTM for LSTMs with projections"
-            )
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, backend=backend,
+            proj_size=proj_size, device=device, dtype=dtype, backend=backend,
         )
 
     def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None):
-        return self.get_expected_hidden_size(input, batch_sizes)
+        """[layers x directions, batch, hidden_size]: c is never projected."""
+        batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if self.batch_first else 1)
+        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
 
     def check_forward_args(self, input, hidden, batch_sizes):
         if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
@@ -385,7 +392,8 @@ class LSTM(_ChunkedRNNBase):
         self.check_input(input, batch_sizes)
         expected = self.get_expected_hidden_size(input, batch_sizes)
         self.check_hidden_size(hidden[0], expected, "Expected hidden[0] size {}, got {}")
-        self.check_hidden_size(hidden[1], expected, "Expected hidden[1] size {}, got {}")
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
+                               "Expected hidden[1] size {}, got {}")
 
     def permute_hidden(self, hx, permutation):
         if permutation is None:

@@ -79,21 +79,21 @@ def rnn_chunk_backward(
 
 def lstm_chunk_forward(
     input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor, c0: Tensor,
-    reset: Tensor | None = None, reverse: bool = False,
+    reset: Tensor | None = None, reverse: bool = False, w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """-> (output [T, B, H], h_n, c_n [B, H], saved [T, B, 5H])"""
-    return torch.ops.tbptt_ext.lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse)
+    """-> (output [T, B, P], h_n [B, P], c_n [B, H], saved [T, B, 5H] (6H with w_hr)); P = H without w_hr"""
+    return torch.ops.tbptt_ext.lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
 
 
 def lstm_chunk_backward(
     grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, input: Tensor, output: Tensor, saved: Tensor,
     w_ih: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, reset: Tensor | None = None, reverse: bool = False,
-    input_needs_grad: bool = True, record_flow: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_h_norm)"""
+    input_needs_grad: bool = True, record_flow: bool = False, w_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_h_norm, grad_w_hr)"""
     return torch.ops.tbptt_ext.lstm_chunk_backward(
         grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
-        input_needs_grad, record_flow,
+        input_needs_grad, record_flow, w_hr,
     )
 
 
@@ -148,16 +148,19 @@ if EXTENSION_ERROR is None:
                 _norms(input, record_flow))
 
     @torch.library.register_fake("tbptt_ext::lstm_chunk_forward")
-    def _(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse):
-        hidden = h0.shape[1]
-        return _sequence(input, hidden), h0.new_empty(h0.shape), c0.new_empty(c0.shape), _sequence(input, 5 * hidden)
+    def _(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr=None):
+        hidden = c0.shape[1]
+        blocks = 5 if w_hr is None else 6
+        return (_sequence(input, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+                _sequence(input, blocks * hidden))
 
     @torch.library.register_fake("tbptt_ext::lstm_chunk_backward")
     def _(grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
-          input_needs_grad, record_flow):
+          input_needs_grad, record_flow, w_hr=None):
         grad_w_ih, grad_w_hh, grad_bias = _weight_grads(w_ih, w_hh, h0)
+        grad_w_hr = w_hh.new_empty((0,) if w_hr is None else w_hr.shape)
         return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), c0.new_empty(c0.shape), grad_w_ih,
-                grad_w_hh, grad_bias, _norms(input, record_flow))
+                grad_w_hh, grad_bias, _norms(input, record_flow), grad_w_hr)
 
     @torch.library.register_fake("tbptt_ext::gru_chunk_forward")
     def _(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse):

@@ -120,9 +120,11 @@ def rnn_chunk_backward(
 
 
 # ---------------------------------------------------------------------- LSTM
+# With a projection w_hr [P, H] (torch.nn's proj_size), h_t = (o tanh c_t) W_hr^T is P wide
+# and saved gets o tanh c_t as a sixth block.
 def lstm_chunk_forward(
     input: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, h0: Tensor, c0: Tensor,
-    reset: Tensor | None = None, reverse: bool = False,
+    reset: Tensor | None = None, reverse: bool = False, w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     chunk = _Chunk(input, reset, reverse)
     xproj = _projection(input, w_ih, b_ih, b_hh)
@@ -134,21 +136,23 @@ def lstm_chunk_forward(
         pre_i, pre_f, pre_g, pre_o = torch.addmm(xproj[t], h, w_hh.t()).chunk(4, 1)
         i, f, g, o = pre_i.sigmoid(), pre_f.sigmoid(), pre_g.tanh(), pre_o.sigmoid()
         c = f * c + i * g
-        h = o * c.tanh()
+        r = o * c.tanh()
+        h = r if w_hr is None else r @ w_hr.t()
         outputs[t] = h
-        saved[t] = torch.cat([i, f, g, o, c], 1)
-    hidden = h0.shape[1]
-    return chunk.stack(outputs, input, hidden), h.clone(), c.clone(), chunk.stack(saved, input, 5 * hidden)
+        saved[t] = torch.cat([i, f, g, o, c] + ([] if w_hr is None else [r]), 1)
+    hidden = c0.shape[1]
+    blocks = 5 if w_hr is None else 6
+    return chunk.stack(outputs, input, h0.shape[1]), h.clone(), c.clone(), chunk.stack(saved, input, blocks * hidden)
 
 
 def lstm_chunk_backward(
     grad_output: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, input: Tensor, output: Tensor, saved: Tensor,
     w_ih: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, reset: Tensor | None = None, reverse: bool = False,
-    input_needs_grad: bool = True, record_flow: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    input_needs_grad: bool = True, record_flow: bool = False, w_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     chunk = _Chunk(input, reset, reverse)
-    hidden = h0.shape[1]
-    cells = saved[:, :, 4 * hidden:]
+    hidden = c0.shape[1]
+    cells = saved[:, :, 4 * hidden : 5 * hidden]
     c_prev_seq = chunk.entering(cells, c0)
     carry_h, carry_c = grad_h_n, grad_c_n
     grads, grads_h = [None] * chunk.T, [None] * chunk.T
@@ -156,20 +160,22 @@ def lstm_chunk_backward(
         t = chunk.time_of(s)
         if s + 1 < chunk.T:
             carry_h, carry_c = chunk.restart(carry_h, s + 1), chunk.restart(carry_c, s + 1)
-        i, f, g, o, c = saved[t].chunk(5, 1)
+        i, f, g, o, c = saved[t, :, : 5 * hidden].chunk(5, 1)
         grad_h = grad_output[t] + carry_h
+        grads_h[t] = grad_h
+        grad_r = grad_h if w_hr is None else grad_h @ w_hr  # dL/d(o tanh c)
         tanh_c = c.tanh()
-        grad_c = carry_c + grad_h * o * (1 - tanh_c * tanh_c)
+        grad_c = carry_c + grad_r * o * (1 - tanh_c * tanh_c)
         grad_pre = torch.cat(
             [
                 grad_c * g * i * (1 - i),
                 grad_c * c_prev_seq[t] * f * (1 - f),
                 grad_c * i * (1 - g * g),
-                grad_h * tanh_c * o * (1 - o),
+                grad_r * tanh_c * o * (1 - o),
             ],
             1,
         )
-        grads[t], grads_h[t] = grad_pre, grad_h
+        grads[t] = grad_pre
         carry_c = grad_c * f
         carry_h = grad_pre @ w_hh
     if chunk.T:
@@ -177,8 +183,12 @@ def lstm_chunk_backward(
     grad_xproj = chunk.stack(grads, output, 4 * hidden)
     grad_input, grad_w_ih, grad_bias = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
     grad_w_hh = _weight_grad(grad_xproj, chunk.entering(output, h0))
+    if w_hr is None:
+        grad_w_hr = output.new_empty((0,))
+    else:
+        grad_w_hr = torch.einsum("tbp,tbh->ph", chunk.stack(grads_h, output, h0.shape[1]), saved[:, :, 5 * hidden :])
     return (grad_input, carry_h.clone(), carry_c.clone(), grad_w_ih, grad_w_hh, grad_bias,
-            _record(grads_h, output, record_flow))
+            _record(grads_h, output, record_flow), grad_w_hr)
 
 
 # ----------------------------------------------------------------------- GRU

@@ -199,3 +199,19 @@ def test_second_gpu():
     assert out[0].device == torch.device("cuda:1")
     ref = run_forward(reference, "lstm", False, args64, False)
     torch.testing.assert_close(out[0].double().cpu(), ref[0], **ELEMENTWISE[torch.float32])
+
+
+def test_projected_lstm_runs_the_reference_on_cuda():
+    torch.manual_seed(0)
+    ours = tbptt_ext.LSTM(8, 16, proj_size=5, num_layers=2, device=DEVICE, dtype=torch.float64)
+    theirs = torch.nn.LSTM(8, 16, proj_size=5, num_layers=2, device=DEVICE, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 3, 8, device=DEVICE, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], **ELEMENTWISE[torch.float64])
+    with pytest.raises(RuntimeError, match="fused kernels on the CPU only"):
+        tbptt_ext.LSTM(8, 16, proj_size=5, device=DEVICE, backend="fused")(x.float())
+    args = to_device(forward_args("lstm", 3, 2, 4, 6, torch.float64, 0), torch.float32)
+    w_hh, h0 = torch.randn(24, 3, device=DEVICE), torch.randn(2, 3, device=DEVICE)
+    with pytest.raises(RuntimeError, match="CUDA kernels do not implement LSTM projections"):
+        ops.lstm_chunk_forward(args[0], args[1], w_hh, args[3], args[4], h0, args[6], None, False,
+                               torch.randn(3, 6, device=DEVICE))

@@ -112,9 +112,18 @@ def test_zero_length_sequence_like_torch_nn(name):
     assert str(ours.value) == str(theirs.value)
 
 
-def test_lstm_proj_size_not_implemented():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        tbptt_ext.LSTM(4, 5, proj_size=2)
+def test_lstm_proj_size_errors_as_torch_nn():
+    for kwargs in (dict(proj_size=5), dict(proj_size=-1)):
+        with pytest.raises(ValueError) as ours:
+            tbptt_ext.LSTM(4, 5, **kwargs)
+        with pytest.raises(ValueError) as theirs:
+            torch.nn.LSTM(4, 5, **kwargs)
+        assert str(ours.value) == str(theirs.value)
+    m = tbptt_ext.LSTM(4, 5, proj_size=2)
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 3, 2\), got \[1, 3, 5\]"):
+        m(torch.randn(6, 3, 4), (torch.zeros(1, 3, 5), torch.zeros(1, 3, 5)))
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size \(1, 3, 5\), got \[1, 3, 2\]"):
+        m(torch.randn(6, 3, 4), (torch.zeros(1, 3, 2), torch.zeros(1, 3, 2)))
 
 
 def test_constructor_errors_as_torch_nn():

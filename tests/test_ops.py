@@ -228,6 +228,7 @@ for cell, relu in test_ops.CELLS:
         for T, B, I, H in [(5, 3, 4, 7), (4, 13, 5, 70)]:
             for reverse, reset in [(False, "none"), (True, "random")]:
                 test_ops.check_against_reference(cell, relu, T, B, I, H, dtype, reverse, reset)
+    test_ops.test_projected_lstm_ops_match_reference(5, 13, 3, 40, 17, dtype)
 print("ok")
 """
 
@@ -243,3 +244,61 @@ def test_every_instruction_set_variant(isa):
     out = subprocess.run([sys.executable, "-c", ISA_CHECK.format(isa=isa)], cwd=tests_dir, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+# ----------------------------------------------------------- LSTM projections
+def projected_args(T, B, I, H, P, dtype, seed, reset_kind="none", requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=dtype, generator=g) * scale).requires_grad_(requires_grad)
+
+    args = [rand(T, B, I), rand(4 * H, I, scale=I**-0.5), rand(4 * H, P, scale=P**-0.5), rand(4 * H), rand(4 * H),
+            rand(B, P), rand(B, H)]
+    return args, random_reset(T, B, g, reset_kind), rand(P, H, scale=H**-0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B,I,H,P", [(1, 1, 1, 2, 1), (6, 3, 4, 9, 5), (5, 13, 3, 40, 17), (4, 9, 30, 33, 8)])
+def test_projected_lstm_ops_match_reference(T, B, I, H, P, dtype):
+    for reverse, reset_kind in [(False, "none"), (True, "random"), (False, "first")]:
+        args, reset, w_hr = projected_args(T, B, I, H, P, dtype, T + B + P, reset_kind)
+        fused = ops.lstm_chunk_forward(*args, reset, reverse, w_hr)
+        ref = reference.lstm_chunk_forward(*args, reset, reverse, w_hr)
+        assert fused[0].shape == (T, B, P) and fused[3].shape == (T, B, 6 * H)
+        for a, b in zip(fused, ref):
+            assert_close(a, b, dtype, "projected forward")
+        g = torch.Generator().manual_seed(1)
+        grads = [torch.randn(t.shape, dtype=dtype, generator=g) for t in ref[:3]]
+        bargs = [*grads, args[0], ref[0], ref[3], args[1], args[2], args[5], args[6], reset, reverse]
+        for needs_input, record in [(True, True), (False, False)]:
+            a = ops.lstm_chunk_backward(*bargs, needs_input, record, w_hr)
+            b = reference.lstm_chunk_backward(*bargs, needs_input, record, w_hr)
+            for i, (x, y) in enumerate(zip(a, b)):
+                assert x.shape == y.shape, i
+                assert_close(x, y, dtype, f"projected backward output {i}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_projected_lstm_gradcheck_and_opcheck(fused):
+    for reverse, reset_kind in [(False, "none"), (True, "random")]:
+        args, reset, w_hr = projected_args(4, 3, 2, 5, 3, torch.float64, 9, reset_kind, requires_grad=True)
+        fn = lambda *a: LSTMChunk.apply(*a[:-1], reset, reverse, fused, None, a[-1])  # noqa: E731
+        assert torch.autograd.gradcheck(fn, [*args, w_hr], atol=1e-7, rtol=1e-6)
+    args, reset, w_hr = projected_args(5, 3, 4, 6, 2, torch.float32, 3, "random")
+    fwd = torch.ops.tbptt_ext.lstm_chunk_forward.default
+    torch.library.opcheck(fwd, (*args, reset, False, w_hr))
+    out = fwd(*args, reset, False, w_hr)
+    grads = [torch.randn_like(t) for t in out[:3]]
+    torch.library.opcheck(torch.ops.tbptt_ext.lstm_chunk_backward.default,
+                          (*grads, args[0], out[0], out[3], args[1], args[2], args[5], args[6], reset, False, True,
+                           True, w_hr))
+
+
+def test_projection_argument_errors():
+    args, _, w_hr = projected_args(3, 2, 4, 6, 3, torch.float32, 0)
+    fwd = torch.ops.tbptt_ext.lstm_chunk_forward
+    with pytest.raises(RuntimeError, match=r"w_hr must have shape \[3, 6\]"):
+        fwd(*args, None, False, w_hr[:, :5])
+    with pytest.raises(RuntimeError, match="projection size P must be smaller than the hidden size"):
+        fwd(*projected_args(3, 2, 4, 6, 6, torch.float32, 0)[0], None, False, torch.randn(6, 6))

@@ -9,13 +9,18 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import tbptt_ext
 from conftest import assert_close, requires_fused_cpu
 
-CELLS = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+CELLS = ["RNN_TANH", "RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"]
+# torch.nn.LSTM(proj_size > 0) on the CPU warns that oneDNN has no projections
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
 
 def make_pair(cell, input_size, hidden_size, backend, **kwargs):
     if cell.startswith("RNN"):
         kwargs["nonlinearity"] = "tanh" if cell == "RNN_TANH" else "relu"
         name = "RNN"
+    elif cell == "LSTM_PROJ":  # LSTM with projections (proj_size < hidden_size)
+        kwargs["proj_size"] = hidden_size // 2
+        name = "LSTM"
     else:
         name = cell
     ours = getattr(tbptt_ext, name)(input_size, hidden_size, backend=backend, **kwargs)
@@ -25,6 +30,9 @@ def make_pair(cell, input_size, hidden_size, backend, **kwargs):
 
 
 def random_state(cell, shape, dtype, generator):
+    if cell == "LSTM_PROJ":  # h is proj_size wide, c hidden_size wide
+        h = torch.randn((*shape[:-1], shape[-1] // 2), dtype=dtype, generator=generator)
+        return (h, torch.randn(shape, dtype=dtype, generator=generator))
     h = torch.randn(shape, dtype=dtype, generator=generator)
     if cell == "LSTM":
         return (h, torch.randn(shape, dtype=dtype, generator=generator))

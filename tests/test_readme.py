@@ -19,6 +19,17 @@ def test_quick_start_runs():
     assert len(result.losses) == 2_000 // 25 and not result.state.requires_grad
 
 
+def test_reset_and_diagnostics_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write a PNG
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    namespace = {}
+    for i, block in enumerate(blocks[:4]):
+        exec(compile(block, f"README block {i}", "exec"), namespace)
+    assert len(namespace["result"].losses) == 2_000 // 50
+    assert namespace["flow"].records and (tmp_path / "gradient_flow.png").exists()
+    assert namespace["bias"].ks == [8, 32, 128]
+
+
 def test_ci_runs_the_readme_test_command():
     command = re.search(r"Install and run the tests.*?```bash\n(.*?)\n```", README, re.S).group(1)
     assert command in (ROOT / ".ci" / "run").read_text()

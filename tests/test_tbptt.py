@@ -333,3 +333,30 @@ def test_run_with_resets_as_triples_and_k2():
         a.run(x, y, resets=resets[:10])
     with pytest.raises(ValueError, match=r"yield \(x, y, reset\) triples"):
         a.run(list(zip(x.split(5), y.split(5))), resets=resets)
+
+
+class ProjectedLSTMWithHead(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.rnn = module.LSTM(3, 6, proj_size=4, num_layers=2, dtype=torch.float64)
+        self.head = nn.Linear(4, 2, dtype=torch.float64)
+
+    def forward(self, x, state=None):
+        out, state = self.rnn(x, state)
+        return self.head(out), state
+
+
+@requires_fused_cpu
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("k1,k2", [(10, 10), (5, 15)])
+def test_projected_lstm_trains_like_torch_nn(k1, k2):
+    torch.manual_seed(0)
+    ours = ProjectedLSTMWithHead(tbptt_ext)
+    theirs = ProjectedLSTMWithHead(nn)
+    theirs.load_state_dict(ours.state_dict())
+    x, y = data()
+    runs = [TBPTT(m, torch.optim.Adam(m.parameters(), lr=1e-2), nn.functional.mse_loss, k1=k1, k2=k2,
+                  max_grad_norm=1.0).run(x, y) for m in (ours, theirs)]
+    torch.testing.assert_close(torch.tensor(runs[0].losses), torch.tensor(runs[1].losses), rtol=1e-9, atol=1e-10)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -55,6 +55,10 @@ struct CellShape {
   static constexpr int kCellIndex = CellIndex;
   static constexpr bool kRecurrentBiasInside = RecurrentBiasInside;
   static constexpr bool kDirectHiddenGrad = DirectHiddenGrad;
+  // What the loops must load for a unit: h_{t-1} enters the cell itself only for cells
+  // with a direct term; cells that save nothing read h_t (the output) in the backward.
+  static constexpr bool kUsesHPrev = DirectHiddenGrad;
+  static constexpr bool kBackwardUsesOutput = Saved == 0;
 };
 
 // a[g] = activation(g)(x[g] + hp[g]) for every gate g (the activation a template argument).

@@ -73,13 +73,14 @@ TBPTT_ALWAYS_INLINE void activate_gates_of_row(T* hp, const T* x, const T* bias_
 
 // The step of rows [b0, b1) at processing step s; xproj = x_t W_ih^T and hp = h_{t-1}
 // W_hh^T, both [B, G*H] (hp is overwritten). Stage 1 activates the gates that have an
-// activation, stage 2 runs Cell::combine per unit.
+// activation, stage 2 runs Cell::combine per unit. The cell's h goes to the output, or
+// with a projection to the last saved block (the projection phase makes h_t from it).
 template <Isa kIsa, class Cell, typename T>
 TBPTT_ALWAYS_INLINE void forward_rows(const ForwardParams<T>& p, const T* xproj, T* hp, int64_t s, int64_t b0,
                                       int64_t b1) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const int64_t B = p.B, H = p.H, GH = G * H, SH = S * H, t = p.time_of(s);
+  const int64_t B = p.B, H = p.H, GH = G * H, SW = p.saved_width(S), t = p.time_of(s);
   const int64_t t_prev = s > 0 ? p.time_of(s - 1) : 0;
   const T* __restrict__ bias_x = p.bias_x;
   const T* __restrict__ bias_h = p.bias_h;
@@ -89,11 +90,12 @@ TBPTT_ALWAYS_INLINE void forward_rows(const ForwardParams<T>& p, const T* xproj,
     const T keep = p.restarts(s, b) ? T(0) : T(1);
     const T* __restrict__ x = xproj + b * GH;
     T* __restrict__ hp_row = hp + b * GH;
-    const T* __restrict__ h_prev = s > 0 ? p.output + (t_prev * B + b) * H : p.h0 + b * H;
+    const T* __restrict__ h_prev = nullptr;
+    if constexpr (Cell::kUsesHPrev) h_prev = s > 0 ? p.output + (t_prev * B + b) * H : p.h0 + b * H;
     const T* __restrict__ c_prev = nullptr;
-    if constexpr (kCell) c_prev = s > 0 ? p.saved + (t_prev * B + b) * SH + Cell::kCellIndex * H : p.c0 + b * H;
-    T* __restrict__ saved = p.saved + (t * B + b) * SH;
-    T* __restrict__ h = p.output + (t * B + b) * H;
+    if constexpr (kCell) c_prev = s > 0 ? p.saved + (t_prev * B + b) * SW + Cell::kCellIndex * H : p.c0 + b * H;
+    T* __restrict__ saved = p.saved + (t * B + b) * SW;
+    T* __restrict__ h = p.projected() ? saved + S * H : p.output + (t * B + b) * H;
     activate_gates_of_row<Cell, T>(hp_row, x, bias_x, bias_h, keep, H, std::make_integer_sequence<int, G>{});
     TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
@@ -111,13 +113,16 @@ TBPTT_ALWAYS_INLINE void forward_rows(const ForwardParams<T>& p, const T* xproj,
         }
       }
       // Loads are unconditional and then selected, so the loop if-converts.
-      const T hp_value = h_prev[j];
-      T cp = T(0);
-      if constexpr (kCell) {
-        const T cp_value = c_prev[j];
-        cp = keep != T(0) ? cp_value : T(0);
+      T hpv = T(0), cp = T(0);
+      if constexpr (Cell::kUsesHPrev) {
+        const T value = h_prev[j];
+        hpv = keep != T(0) ? value : T(0);
       }
-      Cell::combine(a, xs, hs, keep != T(0) ? hp_value : T(0), cp, sv, h_new);
+      if constexpr (kCell) {
+        const T value = c_prev[j];
+        cp = keep != T(0) ? value : T(0);
+      }
+      Cell::combine(a, xs, hs, hpv, cp, sv, h_new);
       h[j] = h_new;
       store_blocks<S>(saved + j, H, sv, Identity{});
     }
@@ -127,74 +132,117 @@ TBPTT_ISA_DISPATCH(forward_rows)
 
 template <class Cell, typename T>
 void forward_chunk(ForwardTensors& t) {
-  const int64_t B = t.B, I = t.I, H = t.H, GH = Cell::kGates * H;
-  const bool in_loop = input_side_in_loop(B, I, H);
+  const int64_t B = t.B, I = t.I, H = t.H, P = t.P, GH = Cell::kGates * H;
+  const bool in_loop = input_side_in_loop(B, I, H), project = t.w_hr.defined();
   if (!in_loop) t.xproj = input_projection(t);
   const ForwardParams<T> p = forward_params<T>(t);
+  const int64_t SW = p.saved_width(Cell::kSaved);
   const Isa isa = cpu_isa();
-  const RecurrentMatrix<T> w_t(t.w_hh.t(), isa);  // h_{t-1} [B, H] times W_hh^T [H, G*H]
-  const std::optional<RecurrentMatrix<T>> w_ih_t =
-      in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih.t(), isa) : std::nullopt;  // x_t times W_ih^T
+  const RecurrentMatrix<T> w_t(t.w_hh.t(), isa);  // h_{t-1} [B, P] times W_hh^T [P, G*H]
+  const auto w_ih_t = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih.t(), isa) : std::nullopt;
+  const auto w_hr_t = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr.t(), isa) : std::nullopt;
   const at::Tensor hp = at::empty({B, GH}, t.input.options());
   const at::Tensor xproj_step = in_loop ? at::empty({B, GH}, t.input.options()) : at::Tensor();
   T* const hp_out = hp.data_ptr<T>();
   T* const xproj_out = in_loop ? xproj_step.data_ptr<T>() : nullptr;
   const T* const input = t.input.const_data_ptr<T>();
-  run_steps(p.T, w_t.work(B) + (in_loop ? w_ih_t->work(B) : 0),
+  run_steps(p.T, w_t.work(B) + (in_loop ? w_ih_t->work(B) : 0) + (project ? w_hr_t->work(B) : 0),
             phase(w_t.panels(),  // W_ih^T and W_hh^T have G*H columns: the same panels
                   [&](int64_t s, int64_t p0, int64_t p1) {
                     if (in_loop) w_ih_t->multiply(input + p.time_of(s) * B * I, B, false, xproj_out, p0, p1);
-                    const T* h_prev = s > 0 ? p.output + p.time_of(s - 1) * B * H : p.h0;
+                    const T* h_prev = s > 0 ? p.output + p.time_of(s - 1) * B * P : p.h0;
                     w_t.multiply(h_prev, B, /*accumulate=*/false, hp_out, p0, p1);
                   }),
-            phase(B, [&](int64_t s, int64_t b0, int64_t b1) {
-              const T* xproj = in_loop ? xproj_out : p.xproj + p.time_of(s) * B * GH;
-              forward_rows_dispatch<Cell, T>(isa, p, xproj, hp_out, s, b0, b1);
+            phase(B,
+                  [&](int64_t s, int64_t b0, int64_t b1) {
+                    const T* xproj = in_loop ? xproj_out : p.xproj + p.time_of(s) * B * GH;
+                    forward_rows_dispatch<Cell, T>(isa, p, xproj, hp_out, s, b0, b1);
+                  }),
+            phase(project ? w_hr_t->panels() : 0, [&](int64_t s, int64_t p0, int64_t p1) {
+              // h_t = r_t W_hr^T, r_t the last saved block of each row
+              const int64_t time = p.time_of(s);
+              w_hr_t->multiply(p.saved + time * B * SW + Cell::kSaved * H, B, false, p.output + time * B * P, p0, p1,
+                               /*lda=*/SW);
             }));
 }
 
 // ---------------------------------------------------------------- backward
-// Pointwise backward of rows [b0, b1) at processing step s. carry_h [B, H] holds
-// dL/dh_t through step s + 1 (for cells with a direct term it is overwritten with that
-// term, to which the W_hh product is added); carry_c [B, H] dL/dc_t in, dL/dc_{t-1} out.
+// With a projection, first dL/dh_t = grad_output_t + carry [B, P] (kept for dW_hr).
+template <Isa kIsa, typename T, class Record>
+TBPTT_ALWAYS_INLINE void projected_grad_rows(const BackwardParams<T>& p, const T* carry_h, int64_t s, int64_t b0,
+                                             int64_t b1) {
+  const int64_t P = p.P, t = p.time_of(s);
+  for (int64_t b = b0; b < b1; ++b) {
+    const T take_carry = s + 1 < p.T && p.restarts(s + 1, b) ? T(0) : T(1);
+    const int64_t row = t * p.B + b;
+    const T* __restrict__ grad_out = p.grad_output + row * P;
+    const T* __restrict__ ch = carry_h + b * P;
+    T* __restrict__ grad_h = p.grad_h + row * P;
+    T* __restrict__ record = Record::value ? p.grad_h_record + row * P : nullptr;
+    TBPTT_IVDEP
+    for (int64_t j = 0; j < P; ++j) {
+      const T carry = ch[j];
+      grad_h[j] = grad_out[j] + (take_carry != T(0) ? carry : T(0));
+      if constexpr (Record::value) record[j] = grad_h[j];
+    }
+  }
+}
+TBPTT_ISA_DISPATCH(projected_grad_rows)
+
+// Pointwise backward of rows [b0, b1) at processing step s. grad_out [B, H]: the
+// gradient of the cell's h at this step from outside the recurrence. With with_carry,
+// carry_h [B, H] adds dL/dh_t through step s + 1 (for cells with a direct term it is
+// overwritten with that term, to which the W_hh product is added); without (a
+// projection: phase 1 added it) carry_h is not read. carry_c [B, H]: dL/dc_t in,
+// dL/dc_{t-1} out.
 template <Isa kIsa, class Cell, typename T, class Record>
-TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, T* carry_h, T* carry_c, int64_t s, int64_t b0,
-                                       int64_t b1) {
+TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, const T* grad_out_step, bool with_carry, T* carry_h,
+                                       T* carry_c, int64_t s, int64_t b0, int64_t b1) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const int64_t B = p.B, H = p.H, GH = G * H, SH = S * H, t = p.time_of(s);
+  const int64_t B = p.B, H = p.H, GH = G * H, SW = p.saved_width(S), t = p.time_of(s);
   const int64_t t_prev = s > 0 ? p.time_of(s - 1) : 0;
   for (int64_t b = b0; b < b1; ++b) {
     // take_carry = 0 where the next step restarted (no carry from it), keep = 0 where this
     // one restarts (as a float: a select on a float comparison vectorises, on a bool not).
-    const T take_carry = s + 1 < p.T && p.restarts(s + 1, b) ? T(0) : T(1);
+    const bool cut = s + 1 < p.T && p.restarts(s + 1, b);
+    const T take_carry = with_carry && !cut ? T(1) : T(0);
+    const T take_carry_c = !cut ? T(1) : T(0);
     const T keep = p.restarts(s, b) ? T(0) : T(1);
     const int64_t row = t * B + b;
-    const T* __restrict__ grad_out = p.grad_output + row * H;
-    const T* __restrict__ saved = p.saved + row * SH;
-    const T* __restrict__ h = p.output + row * H;
-    const T* __restrict__ h_prev = s > 0 ? p.output + (t_prev * B + b) * H : p.h0 + b * H;
+    const T* __restrict__ grad_out = grad_out_step + b * H;
+    const T* __restrict__ saved = p.saved + row * SW;
+    const T* __restrict__ h = Cell::kBackwardUsesOutput ? p.output + row * H : nullptr;
+    const T* __restrict__ h_prev = nullptr;
+    if constexpr (Cell::kUsesHPrev) h_prev = s > 0 ? p.output + (t_prev * B + b) * H : p.h0 + b * H;
     const T* __restrict__ c_prev = nullptr;
-    if constexpr (kCell) c_prev = s > 0 ? p.saved + (t_prev * B + b) * SH + Cell::kCellIndex * H : p.c0 + b * H;
-    T* __restrict__ ch = carry_h + b * H;
+    if constexpr (kCell) c_prev = s > 0 ? p.saved + (t_prev * B + b) * SW + Cell::kCellIndex * H : p.c0 + b * H;
+    T* __restrict__ ch = with_carry ? carry_h + b * H : nullptr;
     T* __restrict__ cc = kCell ? carry_c + b * H : nullptr;
     T* __restrict__ grad_x = p.grad_xproj + row * GH;
     T* __restrict__ grad_hp = Cell::kRecurrentBiasInside ? p.grad_hp + row * GH : nullptr;
     T* __restrict__ record = Record::value ? p.grad_h_record + row * H : nullptr;
+    // (carry read below only with_carry; otherwise a valid row stands in and is not used)
+    const T* __restrict__ carry_in = with_carry ? ch : grad_out;
     TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       // Loads are unconditional and then selected, so the loop if-converts.
-      const T carry = ch[j], hp_value = h_prev[j];
+      const T carry = carry_in[j];
       const T grad_h = grad_out[j] + (take_carry != T(0) ? carry : T(0));
-      T grad_c = T(0), cp = T(0);
+      T grad_c = T(0), cp = T(0), hv = T(0), hpv = T(0);
       if constexpr (kCell) {
         const T carry_c = cc[j], cp_value = c_prev[j];
-        grad_c = take_carry != T(0) ? carry_c : T(0);
+        grad_c = take_carry_c != T(0) ? carry_c : T(0);
         cp = keep != T(0) ? cp_value : T(0);
+      }
+      if constexpr (Cell::kBackwardUsesOutput) hv = h[j];
+      if constexpr (Cell::kUsesHPrev) {
+        const T value = h_prev[j];
+        hpv = keep != T(0) ? value : T(0);
       }
       T sv[array_size(S)], gx[G], ghp[G], grad_h_prev, grad_c_prev;
       load_blocks<S>(sv, saved + j, H, Identity{});
-      Cell::backward(grad_h, grad_c, sv, h[j], keep != T(0) ? hp_value : T(0), cp, gx, ghp, grad_h_prev, grad_c_prev);
+      Cell::backward(grad_h, grad_c, sv, hv, hpv, cp, gx, ghp, grad_h_prev, grad_c_prev);
       store_blocks<G>(grad_x + j, H, gx, Identity{});
       if constexpr (Cell::kRecurrentBiasInside) store_blocks<G>(grad_hp + j, H, ghp, Identity{});
       if constexpr (Cell::kDirectHiddenGrad) ch[j] = grad_h_prev;
@@ -205,31 +253,49 @@ TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, T* carry_h, T
 }
 TBPTT_ISA_DISPATCH(backward_rows)
 
+// Phases per step: (with a projection) dL/dh_t, then dL/dr_t = dL/dh_t W_hr; the cell's
+// pointwise backward; the carry grad_hp_t W_hh (and dL/dx_t).
 template <class Cell, typename T>
 void backward_chunk(BackwardTensors& t) {
-  const int64_t B = t.B, I = t.I, GH = Cell::kGates * t.H;
-  const bool in_loop = t.input_needs_grad && input_side_in_loop(B, I, t.H);
+  const int64_t B = t.B, I = t.I, H = t.H, GH = Cell::kGates * H;
+  const bool in_loop = t.input_needs_grad && input_side_in_loop(B, I, H), project = t.w_hr.defined();
   if (in_loop) t.grad_input = at::empty({t.T, B, I}, t.input.options());
   const BackwardParams<T> p = backward_params<T, T>(t);
   const Isa isa = cpu_isa();
-  const RecurrentMatrix<T> w(t.w_hh, isa);  // grad_hp [B, G*H] times W_hh [G*H, H]
-  const std::optional<RecurrentMatrix<T>> w_ih =
-      in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih, isa) : std::nullopt;  // grad_xproj times W_ih
+  const RecurrentMatrix<T> w(t.w_hh, isa);  // grad_hp [B, G*H] times W_hh [G*H, P]
+  const auto w_ih = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih, isa) : std::nullopt;
+  const auto w_hr = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr, isa) : std::nullopt;
   const int64_t hh_panels = w.panels(), ih_panels = in_loop ? w_ih->panels() : 0;
   T* const grad_input = in_loop ? t.grad_input.data_ptr<T>() : nullptr;
+  const at::Tensor grad_r = project ? at::empty({B, H}, t.input.options()) : at::Tensor();
+  T* const grad_r_p = project ? grad_r.data_ptr<T>() : nullptr;
   // The carries live in grad_h0 / grad_c0: dL/dh_n (dL/dc_n) in, dL/dh0 (dL/dc0) out.
   t.grad_h0.copy_(t.grad_h_n);
   if (t.grad_c0.defined()) t.grad_c0.copy_(t.grad_c_n);
   T* carry_h = p.grad_h0;
   T* carry_c = p.grad_c0;
   const T* grad_hp = Cell::kRecurrentBiasInside ? p.grad_hp : p.grad_xproj;
-  run_steps(p.T, w.work(B) + (in_loop ? w_ih->work(B) : 0),
+  const bool record = p.grad_h_record != nullptr;
+  run_steps(p.T, w.work(B) + (in_loop ? w_ih->work(B) : 0) + (project ? w_hr->work(B) : 0),
+            phase(project ? B : 0,
+                  [&](int64_t i, int64_t b0, int64_t b1) {
+                    if (record) return projected_grad_rows_dispatch<T, std::true_type>(isa, p, carry_h, p.T - 1 - i, b0, b1);
+                    projected_grad_rows_dispatch<T, std::false_type>(isa, p, carry_h, p.T - 1 - i, b0, b1);
+                  }),
+            phase(project ? w_hr->panels() : 0,
+                  [&](int64_t i, int64_t p0, int64_t p1) {
+                    const T* grad_h_t = p.grad_h + p.time_of(p.T - 1 - i) * B * p.P;
+                    w_hr->multiply(grad_h_t, B, false, grad_r_p, p0, p1);
+                  }),
             phase(B,
                   [&](int64_t i, int64_t b0, int64_t b1) {
-                    if (p.grad_h_record != nullptr) {
-                      backward_rows_dispatch<Cell, T, std::true_type>(isa, p, carry_h, carry_c, p.T - 1 - i, b0, b1);
+                    const int64_t s = p.T - 1 - i;
+                    const T* grad_out = project ? grad_r_p : p.grad_output + p.time_of(s) * B * H;
+                    if (record && !project) {
+                      backward_rows_dispatch<Cell, T, std::true_type>(isa, p, grad_out, true, carry_h, carry_c, s, b0, b1);
                     } else {
-                      backward_rows_dispatch<Cell, T, std::false_type>(isa, p, carry_h, carry_c, p.T - 1 - i, b0, b1);
+                      backward_rows_dispatch<Cell, T, std::false_type>(isa, p, grad_out, !project, carry_h, carry_c, s,
+                                                                       b0, b1);
                     }
                   }),
             phase(hh_panels + ih_panels, [&](int64_t i, int64_t p0, int64_t p1) {

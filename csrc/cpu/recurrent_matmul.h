@@ -93,8 +93,8 @@ TBPTT_ALWAYS_INLINE void tail_tile(int64_t rows, const T* a, int64_t lda, const 
 }
 
 template <Isa kIsa, typename T, bool kFull>
-TBPTT_ALWAYS_INLINE void panel_product(const T* a, int64_t B, int64_t K, const T* panel, bool accumulate, T* out,
-                                       int64_t ldo, int64_t cols) {
+TBPTT_ALWAYS_INLINE void panel_product(const T* a, int64_t lda, int64_t B, int64_t K, const T* panel, bool accumulate,
+                                       T* out, int64_t ldo, int64_t cols) {
   constexpr int MR = kTileRows<kIsa>;
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t k1 = std::min(K, k0 + kKBlock);
@@ -106,29 +106,29 @@ TBPTT_ALWAYS_INLINE void panel_product(const T* a, int64_t B, int64_t K, const T
     if (full > 0 && rest > 0 && rest < MR / 2) --full, rest += MR;
     int64_t b = 0;
     for (int64_t i = 0; i < full; ++i, b += MR) {
-      tile<kIsa, T, MR, kFull>(a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+      tile<kIsa, T, MR, kFull>(a + b * lda, lda, panel, k0, k1, acc, out + b * ldo, ldo, cols);
     }
     const int64_t first = rest < MR ? rest : (rest + 1) / 2;  // each < MR
     for (const int64_t rows : {first, rest - first}) {
       if (rows == 0) continue;
-      tail_tile<kIsa, T, MR - 1, kFull>(rows, a + b * K, K, panel, k0, k1, acc, out + b * ldo, ldo, cols);
+      tail_tile<kIsa, T, MR - 1, kFull>(rows, a + b * lda, lda, panel, k0, k1, acc, out + b * ldo, ldo, cols);
       b += rows;
     }
   }
 }
 
-// Column panels [p0, p1) of out[B, N] (+)= a[B, K] m.
+// Column panels [p0, p1) of out[B, N] (+)= a[B, K] m, rows of a lda apart.
 template <Isa kIsa, typename T>
-TBPTT_ALWAYS_INLINE void multiply_panels(const T* a, int64_t B, int64_t K, int64_t N, const T* packed,
+TBPTT_ALWAYS_INLINE void multiply_panels(const T* a, int64_t lda, int64_t B, int64_t K, int64_t N, const T* packed,
                                          bool accumulate, T* out, int64_t p0, int64_t p1) {
   constexpr int64_t NR = panel_width<kIsa, T>();
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n0 = p * NR, cols = std::min<int64_t>(NR, N - n0);
     const T* panel = packed + p * K * NR;
     if (cols == NR) {
-      panel_product<kIsa, T, true>(a, B, K, panel, accumulate, out + n0, N, cols);
+      panel_product<kIsa, T, true>(a, lda, B, K, panel, accumulate, out + n0, N, cols);
     } else {
-      panel_product<kIsa, T, false>(a, B, K, panel, accumulate, out + n0, N, cols);
+      panel_product<kIsa, T, false>(a, lda, B, K, panel, accumulate, out + n0, N, cols);
     }
   }
 }
@@ -169,10 +169,11 @@ class RecurrentMatrix {
   int64_t work(int64_t B) const { return B * K_ * N_; }
 
   // Column panels [p0, p1) of out[B, N] = a[B, K] m, or out += a m with accumulate;
-  // a and out row-major and contiguous.
-  void multiply(const T* a, int64_t B, bool accumulate, T* out, int64_t p0, int64_t p1) const {
+  // out row-major and contiguous, rows of a lda apart (default: contiguous).
+  void multiply(const T* a, int64_t B, bool accumulate, T* out, int64_t p0, int64_t p1, int64_t lda = -1) const {
     if (B == 0 || K_ == 0) return;
-    matmul::multiply_panels_dispatch<T>(isa_, a, B, K_, N_, packed_.const_data_ptr<T>(), accumulate, out, p0, p1);
+    matmul::multiply_panels_dispatch<T>(isa_, a, lda < 0 ? K_ : lda, B, K_, N_, packed_.const_data_ptr<T>(),
+                                        accumulate, out, p0, p1);
   }
 
  private:

@@ -167,7 +167,7 @@ Phase<Fn> phase(int64_t size, Fn fn) {
 }
 
 // Runs `steps` steps, each running the phases in order; a phase starts when all of the
-// previous one is done. `work_per_step` (multiply-adds) decides how many threads are
+// previous one is done. A phase of size 0 is skipped (fn is not called). `work_per_step` (multiply-adds) decides how many threads are
 // worth waking.
 template <class... Fns>
 void run_steps(int64_t steps, int64_t work_per_step, const Phase<Fns>&... phases) {
@@ -179,7 +179,7 @@ void run_steps(int64_t steps, int64_t work_per_step, const Phase<Fns>&... phases
   threads = 1;
 #endif
   if (threads <= 1 || at::in_parallel_region()) {
-    for (int64_t s = 0; s < steps; ++s) (phases.fn(s, int64_t{0}, phases.size), ...);
+    for (int64_t s = 0; s < steps; ++s) ((phases.size > 0 ? phases.fn(s, int64_t{0}, phases.size) : void()), ...);
     return;
   }
 #if defined(_OPENMP)

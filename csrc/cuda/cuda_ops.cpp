@@ -32,6 +32,13 @@ at::TensorOptions acc_options(const at::Tensor& t) {
   return t.options().dtype(t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
 
+// LSTM projections (proj_size > 0) have no CUDA kernel: the modules run them on the
+// reference there (README, backend table).
+void check_no_projection(const ChunkTensors& t) {
+  TORCH_CHECK(!t.w_hr.defined(), "tbptt_ext: the CUDA kernels do not implement LSTM projections (w_hr); "
+              "tbptt_ext.LSTM(proj_size > 0) runs the reference on CUDA");
+}
+
 struct CudaBackend {
   static void check_supported(const char* op, const at::Tensor& input) {
     TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernels need CUDA tensors, got ", input.device());
@@ -40,6 +47,7 @@ struct CudaBackend {
 
   template <class Cell>
   static void forward(ForwardTensors& t) {
+    check_no_projection(t);
     t.xproj = input_projection(t);
     const auto acc = acc_options(t.xproj);
     const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc);
@@ -58,6 +66,7 @@ struct CudaBackend {
 
   template <class Cell>
   static void backward(BackwardTensors& t) {
+    check_no_projection(t);
     const auto acc = acc_options(t.output);
     const at::Tensor w_hh_t = t.w_hh.t().contiguous();
     const at::Tensor delta = at::empty({2, t.B, Cell::kGates * t.H}, acc);
