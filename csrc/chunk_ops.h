@@ -271,8 +271,9 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   if constexpr (kCell) t.grad_c_n = grad_c_n.contiguous();
   const auto opts = input.options();
   const auto acc_opts = opts.dtype(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  t.grad_xproj = at::empty({d.T, d.B, G * d.H}, opts);
-  if constexpr (Cell::kRecurrentBiasInside) t.grad_hp = at::empty({d.T, d.B, G * d.H}, opts);
+  // Used only inside this call: backends may hand out a buffer reused across calls.
+  t.grad_xproj = Backend::scratch(0, {d.T, d.B, G * d.H}, opts);
+  if constexpr (Cell::kRecurrentBiasInside) t.grad_hp = Backend::scratch(1, {d.T, d.B, G * d.H}, opts);
   t.grad_h0 = at::empty({d.B, d.P}, opts);
   if constexpr (kCell) t.grad_c0 = at::empty({d.B, d.H}, opts);
   if (record_flow) t.grad_h_record = at::empty({d.T, d.B, d.P}, acc_opts);
@@ -300,9 +301,9 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   r.grad_input = !input_needs_grad       ? at::empty({0}, opts)
                  : t.grad_input.defined() ? t.grad_input
                                           : at::mm(grad_x2, t.w_ih).view({d.T, d.B, d.I});
+  const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
   r.grad_w_ih = at::mm(grad_x2.t(), t.input.view({TB, d.I}));
   r.grad_b_ih = grad_x2.sum(0);
-  const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
   r.grad_w_hh = d.T > 0 ? recurrent_weight_grad(grad_hp, t.output, t.h0, t.reset, reverse)
                         : at::zeros({GH, d.P}, opts);
   if (w_hr.defined()) {  // dW_hr = sum_t (dL/dh_t)^T r_t, r_t the last saved block (a strided view)

@@ -27,6 +27,7 @@
 #include "isa.h"
 #include "recurrent_matmul.h"
 #include "thread_team.h"
+#include "workspace.h"
 
 namespace tbptt::cpu {
 namespace {
@@ -138,11 +139,13 @@ void forward_chunk(ForwardTensors& t) {
   const ForwardParams<T> p = forward_params<T>(t);
   const int64_t SW = p.saved_width(Cell::kSaved);
   const Isa isa = cpu_isa();
-  const RecurrentMatrix<T> w_t(t.w_hh.t(), isa);  // h_{t-1} [B, P] times W_hh^T [P, G*H]
-  const auto w_ih_t = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih.t(), isa) : std::nullopt;
-  const auto w_hr_t = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr.t(), isa) : std::nullopt;
-  const at::Tensor hp = at::empty({B, GH}, t.input.options());
-  const at::Tensor xproj_step = in_loop ? at::empty({B, GH}, t.input.options()) : at::Tensor();
+  const RecurrentMatrix<T> w_t(t.w_hh.t(), isa, Scratch::kPackedHH);  // h_{t-1} [B, P] times W_hh^T [P, G*H]
+  const auto w_ih_t = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih.t(), isa, Scratch::kPackedIH)
+                              : std::nullopt;
+  const auto w_hr_t = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr.t(), isa, Scratch::kPackedHR)
+                              : std::nullopt;
+  const at::Tensor hp = workspace(Scratch::kStep0, {B, GH}, t.input.options());
+  const at::Tensor xproj_step = in_loop ? workspace(Scratch::kStep1, {B, GH}, t.input.options()) : at::Tensor();
   T* const hp_out = hp.data_ptr<T>();
   T* const xproj_out = in_loop ? xproj_step.data_ptr<T>() : nullptr;
   const T* const input = t.input.const_data_ptr<T>();
@@ -262,12 +265,12 @@ void backward_chunk(BackwardTensors& t) {
   if (in_loop) t.grad_input = at::empty({t.T, B, I}, t.input.options());
   const BackwardParams<T> p = backward_params<T, T>(t);
   const Isa isa = cpu_isa();
-  const RecurrentMatrix<T> w(t.w_hh, isa);  // grad_hp [B, G*H] times W_hh [G*H, P]
-  const auto w_ih = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih, isa) : std::nullopt;
-  const auto w_hr = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr, isa) : std::nullopt;
+  const RecurrentMatrix<T> w(t.w_hh, isa, Scratch::kPackedHH);  // grad_hp [B, G*H] times W_hh [G*H, P]
+  const auto w_ih = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih, isa, Scratch::kPackedIH) : std::nullopt;
+  const auto w_hr = project ? std::make_optional<RecurrentMatrix<T>>(t.w_hr, isa, Scratch::kPackedHR) : std::nullopt;
   const int64_t hh_panels = w.panels(), ih_panels = in_loop ? w_ih->panels() : 0;
   T* const grad_input = in_loop ? t.grad_input.data_ptr<T>() : nullptr;
-  const at::Tensor grad_r = project ? at::empty({B, H}, t.input.options()) : at::Tensor();
+  const at::Tensor grad_r = project ? workspace(Scratch::kStep0, {B, H}, t.input.options()) : at::Tensor();
   T* const grad_r_p = project ? grad_r.data_ptr<T>() : nullptr;
   // The carries live in grad_h0 / grad_c0: dL/dh_n (dL/dc_n) in, dL/dh0 (dL/dc0) out.
   t.grad_h0.copy_(t.grad_h_n);
@@ -319,6 +322,9 @@ struct CpuBackend {
                 " (backend='reference' runs other dtypes)");
   }
   static int device_guard(const at::Tensor&) { return 0; }
+  static at::Tensor scratch(int index, at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return workspace(index == 0 ? Scratch::kGradXproj : Scratch::kGradHp, sizes, options);
+  }
 
   template <class Cell>
   static void forward(ForwardTensors& t) {

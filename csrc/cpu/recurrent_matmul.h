@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "isa.h"
+#include "workspace.h"
 
 namespace tbptt::cpu {
 
@@ -140,11 +141,13 @@ TBPTT_ISA_DISPATCH(multiply_panels)
 template <typename T>
 class RecurrentMatrix {
  public:
-  // m: any strides, e.g. w_hh.t() for the forward and w_hh for the backward.
-  RecurrentMatrix(const at::Tensor& m, Isa isa)
+  // m: any strides, e.g. w_hh.t() for the forward and w_hh for the backward. Packed into
+  // this thread's workspace buffer `slot` (see workspace.h).
+  RecurrentMatrix(const at::Tensor& m, Isa isa, Scratch slot)
       : isa_(isa), K_(m.size(0)), N_(m.size(1)), nr_(matmul::panel_width(isa, sizeof(T))) {
     const int64_t panels = (N_ + nr_ - 1) / nr_;
-    packed_ = at::zeros({panels, K_, nr_}, m.options());
+    packed_ = workspace(slot, {panels, K_, nr_}, m.options());
+    if (panels > 0 && N_ % nr_ != 0) packed_.select(0, panels - 1).zero_();  // the last panel's padding
     const at::Tensor src = m.is_contiguous() || m.t().is_contiguous() ? m : m.contiguous();
     const T* s = src.const_data_ptr<T>();
     const int64_t sk = src.stride(0), sn = src.stride(1), nr = nr_, K = K_, N = N_;

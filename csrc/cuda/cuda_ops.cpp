@@ -44,6 +44,10 @@ struct CudaBackend {
     TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernels need CUDA tensors, got ", input.device());
   }
   static c10::cuda::CUDAGuard device_guard(const at::Tensor& input) { return c10::cuda::CUDAGuard(input.device()); }
+  // (the CUDA caching allocator already reuses memory)
+  static at::Tensor scratch(int, at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
 
   template <class Cell>
   static void forward(ForwardTensors& t) {
