@@ -225,8 +225,9 @@ TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, const T* grad
     T* __restrict__ grad_x = p.grad_xproj + row * GH;
     T* __restrict__ grad_hp = Cell::kRecurrentBiasInside ? p.grad_hp + row * GH : nullptr;
     T* __restrict__ record = Record::value ? p.grad_h_record + row * H : nullptr;
-    // (carry read below only with_carry; otherwise a valid row stands in and is not used)
-    const T* __restrict__ carry_in = with_carry ? ch : grad_out;
+    // (carry read below only with_carry; otherwise a valid row stands in and is not used;
+    // not __restrict__: it may be ch, read before the same element is written)
+    const T* carry_in = with_carry ? ch : grad_out;
     TBPTT_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       // Loads are unconditional and then selected, so the loop if-converts.

@@ -178,7 +178,10 @@ void run_steps(int64_t steps, int64_t work_per_step, const Phase<Fns>&... phases
 #if !defined(_OPENMP)
   threads = 1;
 #endif
-  if (threads <= 1 || at::in_parallel_region()) {
+  // (the schedule's tagged counters hold epochs and item counts in 32 bits each)
+  constexpr int64_t kMaxCount = int64_t{1} << 32;
+  const bool fits = steps * static_cast<int64_t>(sizeof...(Fns)) < kMaxCount && widest < kMaxCount;
+  if (threads <= 1 || steps <= 0 || !fits || at::in_parallel_region()) {
     for (int64_t s = 0; s < steps; ++s) ((phases.size > 0 ? phases.fn(s, int64_t{0}, phases.size) : void()), ...);
     return;
   }

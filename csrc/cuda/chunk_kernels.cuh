@@ -77,15 +77,30 @@ struct Identity {
   }
 };
 
+// A load through an intrinsic that has no overloads for the half types (__ldcg, __ldg):
+// those go through their 16-bit pattern.
+template <typename T, typename Intrinsic>
+__device__ __forceinline__ T load_via(const T* p, Intrinsic load) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __ushort_as_half(load(reinterpret_cast<const unsigned short*>(p)));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __ushort_as_bfloat16(load(reinterpret_cast<const unsigned short*>(p)));
+  } else {
+    return load(p);
+  }
+}
+
 // Loads of data written by other blocks earlier in the same launch: through L2,
 // bypassing the (non-coherent) L1.
-__device__ __forceinline__ float load_from_l2(const float* p) { return __ldcg(p); }
-__device__ __forceinline__ double load_from_l2(const double* p) { return __ldcg(p); }
-__device__ __forceinline__ __half load_from_l2(const __half* p) {
-  return __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+template <typename T>
+__device__ __forceinline__ T load_from_l2(const T* p) {
+  return load_via(p, [](const auto* q) { return __ldcg(q); });
 }
-__device__ __forceinline__ __nv_bfloat16 load_from_l2(const __nv_bfloat16* p) {
-  return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+
+// Loads of data no thread writes during the launch: through the read-only cache.
+template <typename T>
+__device__ __forceinline__ T load_readonly(const T* p) {
+  return load_via(p, [](const auto* q) { return __ldg(q); });
 }
 
 // Sum over the 32 lanes of a warp, in a fixed order (so results are reproducible);
@@ -295,15 +310,3 @@ cudaError_t launch_chunk_backward(const CudaBackwardParams<Scalar, Acc>& p, int 
 }
 
 }  // namespace tbptt::cuda
-
-// Explicit instantiation of both launchers of one cell for every dtype.
-#define TBPTT_INSTANTIATE_LAUNCHERS(CELL, SCALAR, ACC)                                                      \
-  template cudaError_t tbptt::cuda::launch_chunk_forward<CELL, SCALAR, ACC>(                                \
-      const tbptt::cuda::CudaForwardParams<SCALAR, ACC>&, int, cudaStream_t);                              \
-  template cudaError_t tbptt::cuda::launch_chunk_backward<CELL, SCALAR, ACC>(                               \
-      const tbptt::cuda::CudaBackwardParams<SCALAR, ACC>&, int, cudaStream_t);
-#define TBPTT_INSTANTIATE_CELL(CELL)                      \
-  TBPTT_INSTANTIATE_LAUNCHERS(CELL, float, float)         \
-  TBPTT_INSTANTIATE_LAUNCHERS(CELL, double, double)       \
-  TBPTT_INSTANTIATE_LAUNCHERS(CELL, __half, float)        \
-  TBPTT_INSTANTIATE_LAUNCHERS(CELL, __nv_bfloat16, float)

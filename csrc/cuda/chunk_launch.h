@@ -17,15 +17,17 @@ namespace tbptt::cuda {
 
 template <typename Scalar, typename Acc>
 struct CudaForwardParams : ForwardParams<Scalar> {
-  const Scalar* w_hh = nullptr;  // [G*H, H]
-  Acc* pre = nullptr;            // scratch [B, G*H]: h_{t-1} W_hh^T of the current step
+  const Scalar* w_hh = nullptr;    // [G*H, H]
+  const Scalar* w_hh_t = nullptr;  // [H, G*H]: W_hh transposed, contiguous (latency path)
+  Acc* pre = nullptr;              // scratch [B, G*H]: h_{t-1} W_hh^T of the current step
   Acc* h_state = nullptr;        // scratch [B, H]: h_{t-1} in Acc precision
   Acc* c_state = nullptr;        // scratch [B, H]: c_{t-1}, cells with a cell state
 };
 
 template <typename Scalar, typename Acc>
 struct CudaBackwardParams : BackwardParams<Scalar, Acc> {
-  const Scalar* w_hh_t = nullptr;  // [H, G*H]: W_hh transposed, contiguous
+  const Scalar* w_hh_t = nullptr;  // [H, G*H]: W_hh transposed, contiguous (persistent path)
+  const Scalar* w_hh = nullptr;    // [G*H, H]: W_hh (latency path)
   Acc* delta = nullptr;            // scratch [2, B, G*H]: grad_hp of the step, by step parity
   Acc* carry_h = nullptr;          // scratch [B, H]: dL/dh flowing to the previous step
   Acc* carry_c = nullptr;          // scratch [B, H]: dL/dc flowing to the previous step
@@ -38,5 +40,12 @@ cudaError_t launch_chunk_forward(const CudaForwardParams<Scalar, Acc>& p, int de
 
 template <class Cell, typename Scalar, typename Acc>
 cudaError_t launch_chunk_backward(const CudaBackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
+
+// The latency path (block_kernels.cuh): one block per batch row, no grid-wide barrier.
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_block_forward(const CudaForwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
+
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_block_backward(const CudaBackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
 
 }  // namespace tbptt::cuda

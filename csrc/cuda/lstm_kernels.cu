@@ -1,4 +1,4 @@
-// LSTM chunk kernels, every dtype. See chunk_kernels.cuh and csrc/cells/lstm.h.
-#include "chunk_kernels.cuh"
+// LSTM chunk kernels, every dtype. See chunk_kernels.cuh and block_kernels.cuh and csrc/cells/lstm.h.
+#include "instantiate.cuh"
 
 TBPTT_INSTANTIATE_CELL(tbptt::LSTMCell)
