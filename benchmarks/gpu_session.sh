@@ -25,6 +25,14 @@ for tool in memcheck racecheck synccheck; do
   echo "$tool: exit $? ($(grep -c 'ERROR SUMMARY' "$OUT/sanitize_$tool.log") summaries; $(grep 'ERROR SUMMARY' "$OUT/sanitize_$tool.log" | tail -1))"
 done
 
+echo "== latency path against the persistent path (small batch; the latency path is opt-in, unverified until this runs)"
+for path in persistent latency; do
+  echo "-- TBPTT_EXT_CUDA_PATH=$path"
+  TBPTT_EXT_CUDA_PATH=$path python3 benchmarks/run.py --device cuda --batch 1,4,16 --hidden 64,128,256,512 \
+    --dtypes float32,bfloat16 --impls torch.nn,tbptt_ext --k 50 --repeats 20 --no-memory-vs-T --no-k-sweep \
+    --out "$OUT/bench_$path" 2>&1 | tail -30
+done
+
 echo "== benchmark"
 if [ -n "${QUICK:-}" ]; then
   python3 benchmarks/run.py --device cuda --batch 1,8,32,128 --hidden 256 --repeats 10 --out "$OUT/bench" \
