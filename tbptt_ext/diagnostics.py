@@ -23,7 +23,9 @@ from .tbptt import detach_state
 
 # ------------------------------------------------------------ gradient flow
 class _Record:
-    """The norms of one forward call's backward: [rows = layers x directions, T]."""
+    """The norms of one forward call's backward: [rows = layers x directions, T]. Kept as
+    the op's raw outputs until `GradientFlow.records` is read, so that a backward pays
+    only for a list append."""
 
     def __init__(self, flow: GradientFlow, rows: int, steps: int, calls: int):
         self.flow, self.rows, self.steps, self.calls = flow, rows, steps, calls
@@ -33,18 +35,17 @@ class _Record:
         def receive(norms: Tensor) -> None:
             self.parts.append((row, offset, norms.detach()))
             if len(self.parts) == self.calls:  # every layer and direction is in: one record
-                self.flow.records.append(self._assemble())
+                self.flow._pending.append((self.rows, self.steps, self.parts))
                 self.parts = []
 
         return receive
 
-    def _assemble(self) -> Tensor:
-        if self.calls == 1 and self.rows == 1 and self.parts[0][2].shape[0] == self.steps:
-            return self.parts[0][2].to("cpu", torch.float64).unsqueeze(0)
-        out = torch.full((self.rows, self.steps), float("nan"), dtype=torch.float64)
-        for row, offset, norms in self.parts:
-            out[row, offset : offset + norms.shape[0]] = norms.to("cpu", torch.float64)
-        return out
+
+def _assemble(rows: int, steps: int, parts: list[tuple[int, int, Tensor]]) -> Tensor:
+    out = torch.full((rows, steps), float("nan"), dtype=torch.float64)
+    for row, offset, norms in parts:
+        out[row, offset : offset + norms.shape[0]] = norms.to("cpu", torch.float64)
+    return out
 
 
 class GradientFlow(contextlib.AbstractContextManager):
@@ -71,7 +72,15 @@ class GradientFlow(contextlib.AbstractContextManager):
                 f"GradientFlow needs a tbptt_ext RNN, LSTM or GRU module, got {type(module).__name__}"
             )
         self.module = module
-        self.records: list[Tensor] = []
+        self._records: list[Tensor] = []
+        self._pending: list = []  # (rows, steps, parts) of backwards not yet assembled
+
+    @property
+    def records(self) -> list[Tensor]:
+        """One float64 tensor [layers x directions, T] per backward, in order."""
+        while self._pending:
+            self._records.append(_assemble(*self._pending.pop(0)))
+        return self._records
 
     def __enter__(self) -> GradientFlow:
         if getattr(self.module, "_flow_recorder", None) is not None:
