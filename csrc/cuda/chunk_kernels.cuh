@@ -112,6 +112,18 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
   return v;
 }
 
+// first[b, j] = a[b, j] (and second[b, j] = c[b, j] for cells with a cell state) for the
+// block's units j in [j0, j0 + U), every row b: the state (or carry) a block starts with.
+template <bool kCell, typename Acc, typename Scalar>
+__device__ __forceinline__ void load_own_units(Acc* first, const Scalar* a, Acc* second, const Scalar* c, int64_t B,
+                                               int64_t H, int64_t j0, int64_t U) {
+  for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
+    const int64_t b = i / U, j = j0 + i % U;
+    first[b * H + j] = to_acc(a[b * H + j]);
+    if (kCell) second[b * H + j] = to_acc(c[b * H + j]);
+  }
+}
+
 // --------------------------------------------------------------- forward
 template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardParams<Scalar, Acc> p, int64_t units) {
@@ -130,11 +142,7 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
       w_smem[row * H + k] = p.w_hh[(g * H + j0 + u) * H + k];
     }
   }
-  for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-    const int64_t b = i / U, j = j0 + i % U;
-    p.h_state[b * H + j] = to_acc(p.h0[b * H + j]);
-    if (kCell) p.c_state[b * H + j] = to_acc(p.c0[b * H + j]);
-  }
+  load_own_units<kCell>(p.h_state, p.h0, p.c_state, p.c0, B, H, j0, U);
   __syncthreads();
   for (int64_t s = 0; s < p.T; ++s) {
     const int64_t t = p.time_of(s);
@@ -195,11 +203,7 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(CudaBackwardPa
       w_smem[u * GH + n] = p.w_hh_t[(j0 + u) * GH + n];
     }
   }
-  for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-    const int64_t b = i / U, j = j0 + i % U;
-    p.carry_h[b * H + j] = to_acc(p.grad_h_n[b * H + j]);
-    if (kCell) p.carry_c[b * H + j] = to_acc(p.grad_c_n[b * H + j]);
-  }
+  load_own_units<kCell>(p.carry_h, p.grad_h_n, p.carry_c, p.grad_c_n, B, H, j0, U);
   __syncthreads();
   for (int64_t i_step = 0; i_step < p.T; ++i_step) {
     const int64_t s = p.T - 1 - i_step, t = p.time_of(s), t_prev = s > 0 ? p.time_of(s - 1) : 0;
