@@ -245,7 +245,7 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
         total = torch.tensor([tail_loss], dtype=torch.float64)
         torch_distributed.all_reduce(total)
         tail_loss = total.item() / dist.world
-    evaluate = dist.rank == 0
+    # Every rank evaluates (the same held-out data: the ranks stay in step); rank 0 samples.
     return {
         "model": rnn_name,
         "processes": dist.world,
@@ -255,10 +255,9 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
         "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "final_train_bpc": tail_loss * BITS_PER_NAT,
-        "valid_bpc": evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None)
-        if evaluate else float("nan"),
+        "valid_bpc": evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None),
         "updates": len(result.losses),
-        "sample": sample(model, b"def ", args.sample_chars, 0.8, device) if args.sample_chars and evaluate else "",
+        "sample": sample(model, b"def ", args.sample_chars, 0.8, device) if args.sample_chars and dist.rank == 0 else "",
         "parameters": [p.detach().cpu() for p in model.parameters()],
     }
 
@@ -348,6 +347,10 @@ def run(argv=None):
         return results
     finally:
         if dist.active:
+            # Tear down together: a rank leaving while another still talks to the group
+            # was seen to abort in gloo's teardown ("terminate called without an active
+            # exception") once in CI.
+            torch_distributed.barrier()
             torch_distributed.destroy_process_group()
 
 
