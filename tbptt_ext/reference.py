@@ -45,9 +45,6 @@ class _Chunk:
             steps[t] = self.restart(initial if s == 0 else sequence[self.time_of(s - 1)], s)
         return _stack(steps, sequence, initial.shape[-1])
 
-    def stack(self, per_time: list, like: Tensor, width: int) -> Tensor:
-        return _stack(per_time, like, width)
-
 
 def _stack(steps: list, like: Tensor, width: int) -> Tensor:
     if steps:
@@ -95,7 +92,7 @@ def rnn_chunk_forward(
         t = chunk.time_of(s)
         h = act(torch.addmm(xproj[t], chunk.restart(h, s), w_hh.t()))
         outputs[t] = h
-    return chunk.stack(outputs, input, h0.shape[1]), h.clone()
+    return _stack(outputs, input, h0.shape[1]), h.clone()
 
 
 def rnn_chunk_backward(
@@ -113,7 +110,7 @@ def rnn_chunk_backward(
         deltas[t], grads_h[t] = delta, grad_h
         carry = delta @ w_hh
     grad_h0 = chunk.restart(carry, 0) if chunk.T else carry.clone()
-    grad_xproj = chunk.stack(deltas, output, output.shape[2])
+    grad_xproj = _stack(deltas, output, output.shape[2])
     grad_input, grad_w_ih, grad_bias = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
     grad_w_hh = _weight_grad(grad_xproj, chunk.entering(output, h0))
     return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, _record(grads_h, output, record_flow)
@@ -142,7 +139,7 @@ def lstm_chunk_forward(
         saved[t] = torch.cat([i, f, g, o, c] + ([] if w_hr is None else [r]), 1)
     hidden = c0.shape[1]
     blocks = 5 if w_hr is None else 6
-    return chunk.stack(outputs, input, h0.shape[1]), h.clone(), c.clone(), chunk.stack(saved, input, blocks * hidden)
+    return _stack(outputs, input, h0.shape[1]), h.clone(), c.clone(), _stack(saved, input, blocks * hidden)
 
 
 def lstm_chunk_backward(
@@ -180,13 +177,13 @@ def lstm_chunk_backward(
         carry_h = grad_pre @ w_hh
     if chunk.T:
         carry_h, carry_c = chunk.restart(carry_h, 0), chunk.restart(carry_c, 0)
-    grad_xproj = chunk.stack(grads, output, 4 * hidden)
+    grad_xproj = _stack(grads, output, 4 * hidden)
     grad_input, grad_w_ih, grad_bias = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
     grad_w_hh = _weight_grad(grad_xproj, chunk.entering(output, h0))
     if w_hr is None:
         grad_w_hr = output.new_empty((0,))
     else:
-        grad_w_hr = torch.einsum("tbp,tbh->ph", chunk.stack(grads_h, output, h0.shape[1]), saved[:, :, 5 * hidden :])
+        grad_w_hr = torch.einsum("tbp,tbh->ph", _stack(grads_h, output, h0.shape[1]), saved[:, :, 5 * hidden :])
     return (grad_input, carry_h.clone(), carry_c.clone(), grad_w_ih, grad_w_hh, grad_bias,
             _record(grads_h, output, record_flow), grad_w_hr)
 
@@ -212,7 +209,7 @@ def gru_chunk_forward(
         outputs[t] = h
         saved[t] = torch.cat([r, z, n, hp_n], 1)
     hidden = h0.shape[1]
-    return chunk.stack(outputs, input, hidden), h.clone(), chunk.stack(saved, input, 4 * hidden)
+    return _stack(outputs, input, hidden), h.clone(), _stack(saved, input, 4 * hidden)
 
 
 def gru_chunk_backward(
@@ -239,8 +236,8 @@ def gru_chunk_backward(
         carry = grad_h * z + grads_hp[t] @ w_hh
     grad_h0 = chunk.restart(carry, 0) if chunk.T else carry.clone()
     hidden = h0.shape[1]
-    grad_xproj = chunk.stack(grads_x, output, 3 * hidden)
-    grad_hp = chunk.stack(grads_hp, output, 3 * hidden)
+    grad_xproj = _stack(grads_x, output, 3 * hidden)
+    grad_hp = _stack(grads_hp, output, 3 * hidden)
     grad_input, grad_w_ih, grad_b_ih = _input_grads(grad_xproj, input, w_ih, input_needs_grad)
     return (grad_input, grad_h0, grad_w_ih, _weight_grad(grad_hp, h_prev_seq), grad_b_ih, grad_hp.sum((0, 1)),
             _record(grads_h, output, record_flow))
