@@ -63,8 +63,9 @@ struct CudaBackend {
     return at::empty(sizes, options);
   }
 
-  // The latency path runs where its per-row vectors fit in shared memory
-  // (cudaErrorNotSupported from its launcher otherwise); the persistent path elsewhere.
+  // The latency path runs where its per-row vectors fit in shared memory; elsewhere its
+  // launcher returns cudaErrorNotSupported before any CUDA call (nothing to clear) and the
+  // persistent path runs.
   template <class Cell>
   static void forward(ForwardTensors& t) {
     check_no_projection(t);
@@ -82,7 +83,6 @@ struct CudaBackend {
       const int device = t.xproj.get_device();
       cudaError_t err = latency ? launch_block_forward<Cell, scalar, acc_t>(p, device, stream) : cudaErrorNotSupported;
       if (err == cudaErrorNotSupported) {
-        cudaGetLastError();
         const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc), h_state = at::empty({t.B, t.H}, acc);
         const at::Tensor c_state = Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor();
         set(p.pre, pre), set(p.h_state, h_state), set(p.c_state, c_state);
@@ -107,7 +107,6 @@ struct CudaBackend {
       const int device = t.output.get_device();
       cudaError_t err = latency ? launch_block_backward<Cell, scalar, acc_t>(p, device, stream) : cudaErrorNotSupported;
       if (err == cudaErrorNotSupported) {
-        cudaGetLastError();
         const at::Tensor w_hh_t = t.w_hh.t().contiguous();
         const at::Tensor delta = at::empty({2, t.B, Cell::kGates * t.H}, acc);
         const at::Tensor carry_h = at::empty({t.B, t.H}, acc), carry_c = at::empty({t.B, t.H}, acc);
