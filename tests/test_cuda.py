@@ -30,9 +30,12 @@ ELEMENTWISE = {
 HALF_TYPES = [torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True, params=["persistent", "latency"])
+PATHS = ["persistent", "latency", "throughput", "stepwise"]
+
+
+@pytest.fixture(autouse=True, params=PATHS)
 def cuda_path(request, monkeypatch):
-    """Every test runs on both recurrence kernels (csrc/cuda/cuda_ops.cpp: latency_path)."""
+    """Every test runs on every recurrence path (csrc/cuda/cuda_ops.cpp: cuda_path)."""
     monkeypatch.setenv("TBPTT_EXT_CUDA_PATH", request.param)
     return request.param
 
@@ -147,10 +150,13 @@ def test_opcheck_on_gpu(cell, relu):
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                        (torch.float16, False)])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
-def test_modules_error_within_twice_cudnn(name, dtype, kind):
-    """Output and every parameter gradient: error norm against float64 at most twice cuDNN's."""
+def test_modules_error_within_twice_cudnn(name, dtype, tf32, kind):
+    """Output and every parameter gradient: error norm against float64 at most twice cuDNN's,
+    fp32 with TF32 off and on (torch.backends.cudnn.allow_tf32, which both obey)."""
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     kwargs = dict(num_layers=2, bidirectional=True, device=DEVICE)
     truth = getattr(torch.nn, name)(8, 32, dtype=torch.float64, **kwargs)
@@ -187,7 +193,9 @@ def test_compile_on_gpu():
     torch.testing.assert_close(loss, model(x)[0].square().sum())
 
 
-def test_one_recurrence_launch_per_chunk_each_way():
+def test_one_recurrence_launch_per_chunk_each_way(cuda_path):
+    """The persistent paths run a chunk in one launch each way; the stepwise path one
+    pointwise launch per step (and a GEMM)."""
     model = tbptt_ext.GRU(64, 64, device=DEVICE, backend="fused")
     x = torch.randn(50, 8, 64, device=DEVICE)
     model(x)[0].sum().backward()  # warm-up
@@ -195,9 +203,41 @@ def test_one_recurrence_launch_per_chunk_each_way():
         model(x)[0].sum().backward()
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    # chunk_*_kernel (persistent path) or block_*_kernel (latency path)
-    assert sum("_forward_kernel" in n for n in names) == 1, names
-    assert sum("_backward_kernel" in n for n in names) == 1, names
+    # chunk_* (persistent), block_* (latency), tile_* (throughput), step_* (stepwise) kernels
+    launches = 50 if cuda_path == "stepwise" else 1
+    assert sum("_forward_kernel" in n for n in names) == launches, names
+    assert sum("_backward_kernel" in n for n in names) == launches, names
+    expected = {"persistent": "chunk_", "latency": "block_", "throughput": "tile_", "stepwise": "step_"}[cuda_path]
+    assert all(expected in n for n in names if "_forward_kernel" in n or "_backward_kernel" in n), names
+
+
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_large_hidden_size_matches_float64(cell, relu):
+    """H = 2048 in fp32 (W_hh 16 to 64 MB): the throughput path tiles RNN with one thin unit
+    tile per multiprocessor and falls back to the stepwise path for LSTM and GRU, whose
+    W_hh fits no tiling on chip; every path must stay exact (TF32 off)."""
+    args64 = forward_args(cell, 3, 4, 16, 2048, torch.float64, seed=5, reset_kind="random")
+    out, grads = fwd_bwd(ops, cell, relu, to_device(args64, torch.float32), False)
+    ref_out, ref_grads = fwd_bwd(reference, cell, relu, args64, False)
+    for i, (a, b) in enumerate(zip([*out, *grads], [*ref_out, *ref_grads])):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=1e-4, atol=1e-4, msg=lambda m: f"output {i}: {m}")
+
+
+def test_tf32_policy_follows_the_cudnn_flag(cuda_path):
+    """fp32 recurrent products: TF32 on the throughput path when torch.backends.cudnn.allow_tf32
+    (its on-chip tiles at this size), exact fp32 otherwise and on the other paths."""
+    args64 = forward_args("lstm", 10, 8, 32, 256, torch.float64, seed=2)
+    truth = fwd_bwd(reference, "lstm", False, args64, False)
+    errors = {}
+    for flag in (False, True):
+        torch.backends.cudnn.allow_tf32 = flag
+        out, grads = fwd_bwd(ops, "lstm", False, to_device(args64, torch.float32), False)
+        errors[flag] = max(relative_error(out[0], truth[0][0]), relative_error(grads[0], truth[1][0]))
+    assert errors[False] < 1e-5, errors
+    if cuda_path == "throughput":
+        assert 10 * errors[False] < errors[True] < 1e-2, errors
+    else:
+        assert errors[True] == errors[False], errors
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

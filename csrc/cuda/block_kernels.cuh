@@ -56,9 +56,9 @@ __device__ __forceinline__ Acc dot_strided(const Acc* a, const Scalar* w, int64_
 
 template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kBlockThreads) block_forward_kernel(CudaForwardParams<Scalar, Acc> p) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H, b = blockIdx.x;
+  const int64_t H = p.H, GH = G * H, b = blockIdx.x;
   const auto [h, c, pre, w_t] = block_shared<Scalar, Acc>(H, GH);  // w_t: [H, G*H] = W_hh^T, if W_SMEM
   if (W_SMEM) {
     for (int64_t i = threadIdx.x; i < GH * H; i += blockDim.x) w_t[i] = p.w_hh_t[i];
@@ -69,7 +69,6 @@ __global__ void __launch_bounds__(kBlockThreads) block_forward_kernel(CudaForwar
   }
   __syncthreads();
   for (int64_t s = 0; s < p.T; ++s) {
-    const int64_t t = p.time_of(s), row = t * B + b;
     const bool restart = p.restarts(s, b);
     // (1) the W_hh product of every gate column (zero for a restarting row)
     for (int64_t n = threadIdx.x; n < GH; n += blockDim.x) {
@@ -80,19 +79,7 @@ __global__ void __launch_bounds__(kBlockThreads) block_forward_kernel(CudaForwar
     __syncthreads();
     // (2) the pointwise step of every unit
     for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-      Acc x[G], hp[G], saved[array_size(S)], h_new;
-      load_blocks<G>(x, p.xproj + row * GH + j, H, ToAcc{});
-      load_blocks<G>(hp, pre + j, H, Identity{});
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        x[g] += to_acc(p.bias_x[g * H + j]);
-        if constexpr (Cell::kRecurrentBiasInside) hp[g] += to_acc(p.bias_h[g * H + j]);
-      }
-      forward<Cell>(x, hp, restart ? Acc(0) : h[j], restart ? Acc(0) : c[j], saved, h_new);
-      store_blocks<S>(p.saved + row * SH + j, H, saved, FromAcc<Scalar>{});
-      p.output[row * H + j] = from_acc<Scalar>(h_new);
-      h[j] = h_new;
-      if constexpr (kCell) c[j] = saved[Cell::kCellIndex];
+      h[j] = unit_forward<Cell>(p, s, b, j, [gates = pre + j, H](int g) { return gates[g * H]; }, h[j], c[j]);
     }
     __syncthreads();
   }
@@ -100,9 +87,9 @@ __global__ void __launch_bounds__(kBlockThreads) block_forward_kernel(CudaForwar
 
 template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kBlockThreads) block_backward_kernel(CudaBackwardParams<Scalar, Acc> p) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H, b = blockIdx.x;
+  const int64_t H = p.H, GH = G * H, b = blockIdx.x;
   const auto [carry_h, carry_c, grad_hp, w] = block_shared<Scalar, Acc>(H, GH);  // w: [G*H, H] = W_hh, if W_SMEM
   const Scalar* w_hh = p.w_hh;  // [G*H, H] row-major
   if (W_SMEM) {
@@ -114,32 +101,14 @@ __global__ void __launch_bounds__(kBlockThreads) block_backward_kernel(CudaBackw
   }
   __syncthreads();
   for (int64_t i_step = 0; i_step < p.T; ++i_step) {
-    const int64_t s = p.T - 1 - i_step, t = p.time_of(s), row = t * B + b;
-    const int64_t prev_row = (s > 0 ? p.time_of(s - 1) : 0) * B + b;
-    const bool cut = s + 1 < p.T && p.restarts(s + 1, b);
-    const bool restart = p.restarts(s, b);
+    const int64_t s = p.T - 1 - i_step;
     // (1) the pointwise backward of every unit
     for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-      const Acc grad_h = to_acc(p.grad_output[row * H + j]) + (cut ? Acc(0) : carry_h[j]);
-      const Acc grad_c = kCell && !cut ? carry_c[j] : Acc(0);
-      Acc saved[array_size(S)], gx[G], ghp[G], grad_h_prev, grad_c_prev, c_prev = Acc(0), h_prev = Acc(0);
-      load_blocks<S>(saved, p.saved + row * SH + j, H, ToAcc{});
-      if constexpr (kCell) {
-        const Scalar* cp = s > 0 ? p.saved + prev_row * SH + Cell::kCellIndex * H : p.c0 + b * H;
-        c_prev = restart ? Acc(0) : to_acc(cp[j]);
-      }
-      if constexpr (Cell::kUsesHPrev) {
-        const Scalar* hp = s > 0 ? p.output + prev_row * H : p.h0 + b * H;
-        h_prev = restart ? Acc(0) : to_acc(hp[j]);
-      }
-      const Acc h_out = Cell::kBackwardUsesOutput ? to_acc(p.output[row * H + j]) : Acc(0);
-      Cell::backward(grad_h, grad_c, saved, h_out, h_prev, c_prev, gx, ghp, grad_h_prev, grad_c_prev);
-      store_blocks<G>(p.grad_xproj + row * GH + j, H, gx, FromAcc<Scalar>{});
-      if constexpr (Cell::kRecurrentBiasInside) store_blocks<G>(p.grad_hp + row * GH + j, H, ghp, FromAcc<Scalar>{});
+      Acc ghp[G], grad_h_prev, grad_c_prev;
+      unit_backward<Cell>(p, s, b, j, carry_h[j], carry_c[j], ghp, grad_h_prev, grad_c_prev);
       store_blocks<G>(grad_hp + j, H, ghp, Identity{});
       carry_h[j] = Cell::kDirectHiddenGrad ? grad_h_prev : Acc(0);
       if constexpr (kCell) carry_c[j] = grad_c_prev;
-      if (p.grad_h_record != nullptr) p.grad_h_record[row * H + j] = grad_h;
     }
     __syncthreads();
     // (2) the gradient carried to h_{t-1}: carry[k] (+)= sum_n grad_hp[n] W_hh[n, k]

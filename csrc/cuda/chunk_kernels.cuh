@@ -112,6 +112,66 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
   return v;
 }
 
+
+// One unit's forward step, shared by every path: row b, unit j at processing step s.
+// product(g) is the unit's h_{t-1} W_hh^T for gate g (ignored where the row restarts,
+// b_hh added for kRecurrentBiasInside cells); h_before and c (c_{t-1}, cells with a cell
+// state) the entering state, zero where the row restarts. Stores saved and the output,
+// returns h_t and leaves c_t in c.
+template <class Cell, typename Scalar, typename Acc, typename Product>
+__device__ __forceinline__ Acc unit_forward(const ForwardParams<Scalar>& p, int64_t s, int64_t b, int64_t j,
+                                            Product product, Acc h_before, Acc& c) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t H = p.H, GH = G * H, row = p.time_of(s) * p.B + b;
+  const bool restart = p.restarts(s, b);
+  Acc x[G], hp[G], saved[array_size(S)], h;
+  load_blocks<G>(x, p.xproj + row * GH + j, H, ToAcc{});
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    x[g] += to_acc(p.bias_x[g * H + j]);
+    hp[g] = restart ? Acc(0) : product(g);
+    if constexpr (Cell::kRecurrentBiasInside) hp[g] += to_acc(p.bias_h[g * H + j]);
+  }
+  forward<Cell>(x, hp, restart ? Acc(0) : h_before, Cell::kCellIndex >= 0 && !restart ? c : Acc(0), saved, h);
+  store_blocks<S>(p.saved + row * S * H + j, H, saved, FromAcc<Scalar>{});
+  p.output[row * H + j] = from_acc<Scalar>(h);
+  if constexpr (Cell::kCellIndex >= 0) c = saved[Cell::kCellIndex];
+  return h;
+}
+
+// One unit's backward step, shared by every path: row b, unit j at processing step s,
+// with the carries from step s + 1 (carry = dL/dh_t from the later step, carry_c =
+// dL/dc_t; both dropped where that step restarted). Reads what the forward saved and
+// the entering state (zero where the row restarts); stores grad_xproj (and grad_hp) and
+// the gradient record; returns grad_hp in ghp and the direct carries to step s - 1.
+template <class Cell, typename Scalar, typename Acc>
+__device__ __forceinline__ void unit_backward(const BackwardParams<Scalar, Acc>& p, int64_t s, int64_t b, int64_t j,
+                                              Acc carry, Acc carry_c, Acc (&ghp)[Cell::kGates], Acc& grad_h_prev,
+                                              Acc& grad_c_prev) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t H = p.H, GH = G * H, SH = S * H, B = p.B;
+  const int64_t row = p.time_of(s) * B + b, prev_row = (s > 0 ? p.time_of(s - 1) : 0) * B + b;
+  const bool cut = s + 1 < p.T && p.restarts(s + 1, b);  // the next step restarted: no carry from it
+  const bool restart = p.restarts(s, b);
+  const Acc grad_h = to_acc(p.grad_output[row * H + j]) + (cut ? Acc(0) : carry);
+  const Acc grad_c = Cell::kCellIndex >= 0 && !cut ? carry_c : Acc(0);
+  Acc saved[array_size(S)], gx[G], c_prev = Acc(0), h_prev = Acc(0);
+  load_blocks<S>(saved, p.saved + row * SH + j, H, ToAcc{});
+  if constexpr (Cell::kCellIndex >= 0) {
+    const Scalar* c = s > 0 ? p.saved + prev_row * SH + Cell::kCellIndex * H : p.c0 + b * H;
+    c_prev = restart ? Acc(0) : to_acc(c[j]);
+  }
+  if constexpr (Cell::kUsesHPrev) {
+    const Scalar* h = s > 0 ? p.output + prev_row * H : p.h0 + b * H;
+    h_prev = restart ? Acc(0) : to_acc(h[j]);
+  }
+  const Acc h_out = Cell::kBackwardUsesOutput ? to_acc(p.output[row * H + j]) : Acc(0);
+  Cell::backward(grad_h, grad_c, saved, h_out, h_prev, c_prev, gx, ghp, grad_h_prev, grad_c_prev);
+  store_blocks<G>(p.grad_xproj + row * GH + j, H, gx, FromAcc<Scalar>{});
+  if constexpr (Cell::kRecurrentBiasInside) store_blocks<G>(p.grad_hp + row * GH + j, H, ghp, FromAcc<Scalar>{});
+  if (p.grad_h_record != nullptr) p.grad_h_record[row * H + j] = grad_h;
+}
+
 // first[b, j] = a[b, j] (and second[b, j] = c[b, j] for cells with a cell state) for the
 // block's units j in [j0, j0 + U), every row b: the state (or carry) a block starts with.
 template <bool kCell, typename Acc, typename Scalar>
@@ -127,10 +187,10 @@ __device__ __forceinline__ void load_own_units(Acc* first, const Scalar* a, Acc*
 // --------------------------------------------------------------- forward
 template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardParams<Scalar, Acc> p, int64_t units) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates;
   constexpr bool kCell = Cell::kCellIndex >= 0;
   cg::grid_group grid = cg::this_grid();
-  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H, step_elems = B * H;
+  const int64_t H = p.H, B = p.B, GH = G * H, step_elems = B * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -145,7 +205,6 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
   load_own_units<kCell>(p.h_state, p.h0, p.c_state, p.c0, B, H, j0, U);
   __syncthreads();
   for (int64_t s = 0; s < p.T; ++s) {
-    const int64_t t = p.time_of(s);
     const Scalar* h_prev = s > 0 ? p.output + p.time_of(s - 1) * step_elems : p.h0;
     // (1) pre[b, g*H + j] = sum_k h_{t-1}[b, k] W_hh[g*H + j, k] for the own units j:
     // one warp per output, lanes striding over k (coalesced), a fixed-order warp sum.
@@ -161,24 +220,11 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
     __syncthreads();
     // (2) the pointwise cell update for the own units.
     for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-      const int64_t b = i / U, j = j0 + i % U, row = t * B + b;
-      const bool restart = p.restarts(s, b);
-      Acc x[G], hp[G], saved[array_size(S)], h;
-      load_blocks<G>(x, p.xproj + row * GH + j, H, ToAcc{});
-      load_blocks<G>(hp, p.pre + b * GH + j, H, Identity{});
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        x[g] += to_acc(p.bias_x[g * H + j]);
-        hp[g] = restart ? Acc(0) : hp[g];
-        if constexpr (Cell::kRecurrentBiasInside) hp[g] += to_acc(p.bias_h[g * H + j]);
-      }
-      const Acc h_before = restart ? Acc(0) : p.h_state[b * H + j];
-      const Acc c_before = kCell && !restart ? p.c_state[b * H + j] : Acc(0);
-      forward<Cell>(x, hp, h_before, c_before, saved, h);
-      store_blocks<S>(p.saved + row * SH + j, H, saved, FromAcc<Scalar>{});
-      p.output[row * H + j] = from_acc<Scalar>(h);
-      p.h_state[b * H + j] = h;
-      if constexpr (kCell) p.c_state[b * H + j] = saved[Cell::kCellIndex];
+      const int64_t b = i / U, j = j0 + i % U;
+      Acc c = kCell ? p.c_state[b * H + j] : Acc(0);
+      const Acc* pre = p.pre + b * GH + j;
+      p.h_state[b * H + j] = unit_forward<Cell>(p, s, b, j, [&](int g) { return pre[g * H]; }, p.h_state[b * H + j], c);
+      if constexpr (kCell) p.c_state[b * H + j] = c;
     }
     // (3) every unit of h_t is written before any block reads it.
     grid.sync();
@@ -188,10 +234,10 @@ __global__ void __launch_bounds__(kThreads) chunk_forward_kernel(CudaForwardPara
 // -------------------------------------------------------------- backward
 template <class Cell, typename Scalar, typename Acc, bool W_SMEM>
 __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(CudaBackwardParams<Scalar, Acc> p, int64_t units) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr int G = Cell::kGates;
   constexpr bool kCell = Cell::kCellIndex >= 0;
   cg::grid_group grid = cg::this_grid();
-  const int64_t H = p.H, B = p.B, GH = G * H, SH = S * H;
+  const int64_t H = p.H, B = p.B, GH = G * H;
   const int64_t j0 = blockIdx.x * units;
   const int64_t U = std::min<int64_t>(units, H - j0);
   const int64_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -206,31 +252,17 @@ __global__ void __launch_bounds__(kThreads) chunk_backward_kernel(CudaBackwardPa
   load_own_units<kCell>(p.carry_h, p.grad_h_n, p.carry_c, p.grad_c_n, B, H, j0, U);
   __syncthreads();
   for (int64_t i_step = 0; i_step < p.T; ++i_step) {
-    const int64_t s = p.T - 1 - i_step, t = p.time_of(s), t_prev = s > 0 ? p.time_of(s - 1) : 0;
+    const int64_t s = p.T - 1 - i_step;
     Acc* delta = p.delta + (i_step % 2) * B * GH;
     // (1) pointwise backward for the own units: grad_hp_t and the direct carries.
     for (int64_t i = threadIdx.x; i < B * U; i += blockDim.x) {
-      const int64_t b = i / U, j = j0 + i % U, row = t * B + b, prev_row = t_prev * B + b;
-      const bool cut = s + 1 < p.T && p.restarts(s + 1, b);  // the next step restarted: no carry from it
-      const bool restart = p.restarts(s, b);
-      const Acc grad_h = to_acc(p.grad_output[row * H + j]) + (cut ? Acc(0) : p.carry_h[b * H + j]);
-      const Acc grad_c = kCell && !cut ? p.carry_c[b * H + j] : Acc(0);
-      Acc saved[array_size(S)], gx[G], ghp[G], grad_h_prev, grad_c_prev;
-      load_blocks<S>(saved, p.saved + row * SH + j, H, ToAcc{});
-      const Scalar* h_prev = s > 0 ? p.output + prev_row * H : p.h0 + b * H;
-      Acc c_prev = Acc(0);
-      if constexpr (kCell) {
-        const Scalar* c = s > 0 ? p.saved + prev_row * SH + Cell::kCellIndex * H : p.c0 + b * H;
-        c_prev = restart ? Acc(0) : to_acc(c[j]);
-      }
-      Cell::backward(grad_h, grad_c, saved, to_acc(p.output[row * H + j]), restart ? Acc(0) : to_acc(h_prev[j]),
-                     c_prev, gx, ghp, grad_h_prev, grad_c_prev);
-      store_blocks<G>(p.grad_xproj + row * GH + j, H, gx, FromAcc<Scalar>{});
-      if constexpr (Cell::kRecurrentBiasInside) store_blocks<G>(p.grad_hp + row * GH + j, H, ghp, FromAcc<Scalar>{});
+      const int64_t b = i / U, j = j0 + i % U;
+      Acc ghp[G], grad_h_prev, grad_c_prev;
+      unit_backward<Cell>(p, s, b, j, p.carry_h[b * H + j], kCell ? p.carry_c[b * H + j] : Acc(0), ghp, grad_h_prev,
+                          grad_c_prev);
       store_blocks<G>(delta + b * GH + j, H, ghp, Identity{});
       if constexpr (Cell::kDirectHiddenGrad) p.carry_h[b * H + j] = grad_h_prev;  // (2) adds grad_hp W_hh
       if constexpr (kCell) p.carry_c[b * H + j] = grad_c_prev;
-      if (p.grad_h_record != nullptr) p.grad_h_record[row * H + j] = grad_h;
     }
     // every unit of grad_hp_t is written before any block reads it.
     grid.sync();

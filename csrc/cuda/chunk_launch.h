@@ -22,6 +22,8 @@ struct CudaForwardParams : ForwardParams<Scalar> {
   Acc* pre = nullptr;              // scratch [B, G*H]: h_{t-1} W_hh^T of the current step
   Acc* h_state = nullptr;        // scratch [B, H]: h_{t-1} in Acc precision
   Acc* c_state = nullptr;        // scratch [B, H]: c_{t-1}, cells with a cell state
+  bool tf32 = false;             // fp32 recurrent products may run as TF32 (throughput path)
+  unsigned* barrier = nullptr;   // scratch [B]: the throughput path's per-row-tile barrier counters
 };
 
 template <typename Scalar, typename Acc>
@@ -31,6 +33,9 @@ struct CudaBackwardParams : BackwardParams<Scalar, Acc> {
   Acc* delta = nullptr;            // scratch [2, B, G*H]: grad_hp of the step, by step parity
   Acc* carry_h = nullptr;          // scratch [B, H]: dL/dh flowing to the previous step
   Acc* carry_c = nullptr;          // scratch [B, H]: dL/dc flowing to the previous step
+  Scalar* delta_op = nullptr;      // scratch [2, B, G*H]: grad_hp by step parity, input dtype (throughput path)
+  bool tf32 = false;               // fp32 recurrent products may run as TF32 (throughput path)
+  unsigned* barrier = nullptr;     // scratch [B]: the throughput path's per-row-tile barrier counters
 };
 
 // Run the whole chunk's recurrence in one persistent, cooperative launch on `stream`.
@@ -47,5 +52,25 @@ cudaError_t launch_block_forward(const CudaForwardParams<Scalar, Acc>& p, int de
 
 template <class Cell, typename Scalar, typename Acc>
 cudaError_t launch_block_backward(const CudaBackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
+
+// The throughput path (tile_kernels.cuh): batch row tiles x unit tiles, W_hh slices
+// resident in shared memory, the products on tensor cores. cudaErrorNotSupported (before
+// any CUDA call that could fail) where no tiling fits: the caller runs the stepwise path.
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_tile_forward(const CudaForwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
+
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_tile_backward(const CudaBackwardParams<Scalar, Acc>& p, int device, cudaStream_t stream);
+
+// The stepwise path's pointwise kernels (step_kernels.cuh), one step s each; the host
+// runs the GEMMs between them. pre: [B, G*H] h_{t-1} W_hh^T; carry_prod: [B, H]
+// grad_hp_{t+1} W_hh (unused at s = T - 1).
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_step_forward(const CudaForwardParams<Scalar, Acc>& p, int64_t s, const Acc* pre,
+                                cudaStream_t stream);
+
+template <class Cell, typename Scalar, typename Acc>
+cudaError_t launch_step_backward(const CudaBackwardParams<Scalar, Acc>& p, int64_t s, const Acc* carry_prod,
+                                 cudaStream_t stream);
 
 }  // namespace tbptt::cuda

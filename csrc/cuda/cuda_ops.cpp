@@ -1,8 +1,12 @@
 // CUDA backend of the chunk ops (checks, GEMMs and allocation: csrc/chunk_ops.h): the
-// device guard and current stream, the Acc-typed scratch, and one kernel launch per
-// direction: the persistent kernels (chunk_kernels.cuh) or, opted in, the latency path
-// (block_kernels.cuh); both instantiated per cell in *_kernels.cu.
+// device guard and current stream, the Acc-typed scratch, and the recurrence: one
+// kernel launch per direction on the persistent (chunk_kernels.cuh), latency
+// (block_kernels.cuh) and throughput (tile_kernels.cuh) paths, or a GEMM and a pointwise
+// kernel per step on the stepwise path (step_kernels.cuh); kernels instantiated per
+// cell in *_kernels.cu.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/version.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
@@ -35,15 +39,49 @@ at::TensorOptions acc_options(const at::Tensor& t) {
   return t.options().dtype(t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
 
-// Which recurrence kernels run: "persistent" (default: one cooperative launch, a grid
-// barrier per step, verified on an H100) or "latency" (one block per batch row, no grid
-// barrier; not yet run on a GPU), from TBPTT_EXT_CUDA_PATH.
-bool latency_path() {
+// Which recurrence kernels run, from TBPTT_EXT_CUDA_PATH (read at every call):
+//   auto, persistent  the v1 persistent kernels (chunk_kernels.cuh): one cooperative
+//                     launch each way, a grid barrier per step. Verified on an H100.
+//   latency           one block per batch row (block_kernels.cuh); persistent where its
+//                     vectors do not fit. Not yet run on a GPU.
+//   throughput        row tiles x unit tiles on tensor cores (tile_kernels.cuh); stepwise
+//                     where no tiling fits on chip. Not yet run on a GPU.
+//   stepwise          one GEMM and one pointwise kernel per step (step_kernels.cuh).
+//                     Not yet run on a GPU.
+enum class Path { kPersistent, kLatency, kThroughput, kStepwise };
+
+Path cuda_path() {
   const char* path = std::getenv("TBPTT_EXT_CUDA_PATH");
-  if (path == nullptr || std::strcmp(path, "persistent") == 0) return false;
-  TORCH_CHECK(std::strcmp(path, "latency") == 0, "TBPTT_EXT_CUDA_PATH must be 'persistent' or 'latency', got '",
+  if (path == nullptr || std::strcmp(path, "auto") == 0 || std::strcmp(path, "persistent") == 0) {
+    return Path::kPersistent;
+  }
+  if (std::strcmp(path, "latency") == 0) return Path::kLatency;
+  if (std::strcmp(path, "throughput") == 0) return Path::kThroughput;
+  if (std::strcmp(path, "stepwise") == 0) return Path::kStepwise;
+  TORCH_CHECK(false, "TBPTT_EXT_CUDA_PATH must be one of auto, persistent, latency, throughput, stepwise; got '",
               path, "'");
-  return true;
+}
+
+// Precision policy of the fp32 recurrent products on the throughput path: TF32 on tensor
+// cores when torch.backends.cudnn.allow_tf32 (its RNN setting: the flag torch.nn's cuDNN
+// RNNs obey; True by default), exact fp32 otherwise. (The stepwise path's GEMMs are
+// cuBLAS calls through ATen, which follow torch.backends.cuda.matmul.allow_tf32.)
+bool tf32_allowed(const at::Tensor& t, Path path) {
+  if (t.scalar_type() != at::kFloat || path != Path::kThroughput) return false;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);  // (no argument: throws if conv and rnn differ)
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
+// out = a b in Acc precision: fp32 output from half-type operands (accumulated in fp32).
+void mm_acc(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+  } else {
+    at::mm_out(out, a, b, out.scalar_type());
+  }
 }
 
 // LSTM projections (proj_size > 0) have no CUDA kernel: the modules run them on the
@@ -63,25 +101,35 @@ struct CudaBackend {
     return at::empty(sizes, options);
   }
 
-  // The latency path runs where its per-row vectors fit in shared memory; elsewhere its
-  // launcher returns cudaErrorNotSupported before any CUDA call (nothing to clear) and the
-  // persistent path runs.
+  // Each path's launcher returns cudaErrorNotSupported, before any CUDA call that could
+  // fail (nothing to clear), where its data do not fit; the next path in line runs.
   template <class Cell>
   static void forward(ForwardTensors& t) {
     check_no_projection(t);
     t.xproj = input_projection(t);
     const auto acc = acc_options(t.xproj);
-    const bool latency = latency_path();
-    const at::Tensor w_hh_t = latency ? t.w_hh.t().contiguous() : at::Tensor();  // W_hh^T, coalesced reads
+    const Path path = cuda_path();
+    const at::Tensor w_hh_t = path == Path::kLatency ? t.w_hh.t().contiguous() : at::Tensor();  // coalesced reads
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.xproj.scalar_type(), "tbptt_chunk_forward_cuda", [&] {
       using scalar = cuda_type_t<scalar_t>;
       using acc_t = acc_type_t<scalar_t>;
       CudaForwardParams<scalar, acc_t> p;
       static_cast<ForwardParams<scalar>&>(p) = forward_params<scalar>(t);
       set(p.w_hh, t.w_hh), set(p.w_hh_t, w_hh_t);
+      p.tf32 = tf32_allowed(t.xproj, path);
       const auto stream = c10::cuda::getCurrentCUDAStream();
       const int device = t.xproj.get_device();
-      cudaError_t err = latency ? launch_block_forward<Cell, scalar, acc_t>(p, device, stream) : cudaErrorNotSupported;
+      cudaError_t err = cudaErrorNotSupported;
+      if (path == Path::kLatency) err = launch_block_forward<Cell, scalar, acc_t>(p, device, stream);
+      if (path == Path::kThroughput) {
+        const at::Tensor barrier = at::empty({t.B}, t.xproj.options().dtype(at::kInt));
+        set(p.barrier, barrier);
+        err = launch_tile_forward<Cell, scalar, acc_t>(p, device, stream);
+      }
+      if (err == cudaErrorNotSupported && (path == Path::kThroughput || path == Path::kStepwise)) {
+        stepwise_forward<Cell>(t, p, acc, stream);
+        return;
+      }
       if (err == cudaErrorNotSupported) {
         const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc), h_state = at::empty({t.B, t.H}, acc);
         const at::Tensor c_state = Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor();
@@ -96,16 +144,28 @@ struct CudaBackend {
   static void backward(BackwardTensors& t) {
     check_no_projection(t);
     const auto acc = acc_options(t.output);
-    const bool latency = latency_path();
+    const Path path = cuda_path();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.output.scalar_type(), "tbptt_chunk_backward_cuda", [&] {
       using scalar = cuda_type_t<scalar_t>;
       using acc_t = acc_type_t<scalar_t>;
       CudaBackwardParams<scalar, acc_t> p;
       static_cast<BackwardParams<scalar, acc_t>&>(p) = backward_params<scalar, acc_t>(t);
       set(p.w_hh, t.w_hh);
+      p.tf32 = tf32_allowed(t.output, path);
       const auto stream = c10::cuda::getCurrentCUDAStream();
       const int device = t.output.get_device();
-      cudaError_t err = latency ? launch_block_backward<Cell, scalar, acc_t>(p, device, stream) : cudaErrorNotSupported;
+      cudaError_t err = cudaErrorNotSupported;
+      if (path == Path::kLatency) err = launch_block_backward<Cell, scalar, acc_t>(p, device, stream);
+      if (path == Path::kThroughput) {
+        const at::Tensor barrier = at::empty({t.B}, t.output.options().dtype(at::kInt));
+        const at::Tensor delta = at::empty({2, t.B, Cell::kGates * t.H}, t.output.options());
+        set(p.barrier, barrier), set(p.delta_op, delta);
+        err = launch_tile_backward<Cell, scalar, acc_t>(p, device, stream);
+      }
+      if (err == cudaErrorNotSupported && (path == Path::kThroughput || path == Path::kStepwise)) {
+        stepwise_backward<Cell>(t, p, acc, stream);
+        return;
+      }
       if (err == cudaErrorNotSupported) {
         const at::Tensor w_hh_t = t.w_hh.t().contiguous();
         const at::Tensor delta = at::empty({2, t.B, Cell::kGates * t.H}, acc);
@@ -115,6 +175,44 @@ struct CudaBackend {
       }
       check_launch("chunk backward", err);
     });
+  }
+
+  // The stepwise path: per step, pre = h_{t-1} W_hh^T (cuBLAS, Acc output) and one
+  // pointwise kernel.
+  template <class Cell, typename Params>
+  static void stepwise_forward(ForwardTensors& t, Params& p, const at::TensorOptions& acc, cudaStream_t stream) {
+    using acc_t = std::remove_pointer_t<decltype(p.h_state)>;
+    const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc), h_state = at::empty({t.B, t.H}, acc);
+    const at::Tensor c_state = Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor();
+    set(p.h_state, h_state), set(p.c_state, c_state);
+    const at::Tensor w_hh_t = t.w_hh.t();
+    at::Tensor pre_out = pre;
+    for (int64_t s = 0; s < t.T; ++s) {
+      const at::Tensor h_prev = s == 0 ? t.h0 : t.output.select(0, t.reverse ? t.T - s : s - 1);
+      mm_acc(pre_out, h_prev, w_hh_t);
+      check_launch("stepwise forward", launch_step_forward<Cell>(p, s, pre.data_ptr<acc_t>(), stream));
+    }
+  }
+
+  // Per step from the last: one pointwise kernel, then carry_prod = grad_hp_t W_hh
+  // (cuBLAS, Acc output) for the step before; grad_h0 = the last carry.
+  template <class Cell, typename Params>
+  static void stepwise_backward(BackwardTensors& t, Params& p, const at::TensorOptions& acc, cudaStream_t stream) {
+    using acc_t = std::remove_pointer_t<decltype(p.carry_h)>;
+    at::Tensor carry_prod = at::empty({t.B, t.H}, acc);
+    const at::Tensor carry_h = at::empty({t.B, t.H}, acc), carry_c = at::empty({t.B, t.H}, acc);
+    set(p.carry_h, carry_h), set(p.carry_c, carry_c);
+    const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
+    for (int64_t i_step = 0; i_step < t.T; ++i_step) {
+      const int64_t s = t.T - 1 - i_step, time = t.reverse ? t.T - 1 - s : s;
+      check_launch("stepwise backward",
+                   launch_step_backward<Cell>(p, s, carry_prod.data_ptr<acc_t>(), stream));
+      mm_acc(carry_prod, grad_hp.select(0, time), t.w_hh);
+    }
+    at::Tensor grad_h0 = carry_prod;
+    if constexpr (Cell::kDirectHiddenGrad) grad_h0 = carry_prod + carry_h;
+    t.grad_h0.copy_(grad_h0);
+    if constexpr (Cell::kCellIndex >= 0) t.grad_c0.copy_(carry_c);
   }
 };
 
