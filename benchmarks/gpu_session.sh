@@ -16,24 +16,20 @@ python3 -m pip install --no-build-isolation -e . > "$OUT/build.log" 2>&1 || { ta
 python3 -c "import tbptt_ext; print('compiled backends:', sorted(tbptt_ext.compiled_backends()))"
 
 echo "== GPU tests"
-python3 -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
+timeout 420 python3 -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
 
 echo "== compute-sanitizer"
 for tool in memcheck racecheck synccheck; do
-  (cd tests && compute-sanitizer --tool "$tool" --error-exitcode 9 python3 cuda_sanitize.py) \
+  (cd tests && timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 cuda_sanitize.py) \
     > "$OUT/sanitize_$tool.log" 2>&1
   echo "$tool: exit $? ($(grep -c 'ERROR SUMMARY' "$OUT/sanitize_$tool.log") summaries; $(grep 'ERROR SUMMARY' "$OUT/sanitize_$tool.log" | tail -1))"
 done
 
-echo "== latency path against the persistent path (small batch; the latency path is opt-in, unverified until this runs)"
-for path in persistent latency; do
-  echo "-- TBPTT_EXT_CUDA_PATH=$path"
-  TBPTT_EXT_CUDA_PATH=$path python3 benchmarks/run.py --device cuda --batch 1,4,16 --hidden 64,128,256,512 \
-    --dtypes float32,bfloat16 --impls torch.nn,tbptt_ext --k 50 --repeats 20 --no-memory-vs-T --no-k-sweep \
-    --out "$OUT/bench_$path" 2>&1 | tail -30
-done
+echo "== CUDA paths against cuDNN: the issue-10 grid (forward + backward and forward alone, memory, accuracy)"
+timeout 300 python3 benchmarks/bench_cuda.py --device cuda --paths auto,latency,throughput,stepwise \
+  --repeats "${REPEATS:-20}" --out "$OUT/bench_cuda" 2>&1 | tail -70
 
-echo "== benchmark"
+echo "== benchmark (TBPTT loop)"
 if [ -n "${QUICK:-}" ]; then
   python3 benchmarks/run.py --device cuda --batch 1,8,32,128 --hidden 256 --repeats 10 --out "$OUT/bench" \
     2>&1 | tail -40

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts on a tiny grid (they are not timed tests)."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -49,3 +50,25 @@ def test_bench_main_job_runs():
                           "--batch", "4", "--bptt", "8", "--hidden", "16", "--embed", "8"],
                          check=True, capture_output=True, text=True).stdout
     assert "speedup (torch.nn time / tbptt_ext time)" in out
+
+
+def test_bench_cuda_runs_on_cpu_tiny_grid(tmp_path):
+    cmd = [sys.executable, str(BENCH / "bench_cuda.py"), "--device", "cpu", "--cells", "LSTM,GRU", "--shapes", "2x16",
+           "--dtypes", "float32", "--k", "4", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "fwd+bwd speedup (torch.nn time / tbptt_ext time): geometric mean" in out
+    assert "forward-only speedup: geometric mean" in out and "error ratio <= 2" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["environment"]["torch"] and data["environment"]["device"] == "cpu"
+    assert sorted(row["cell"] for row in data["rows"]) == ["GRU", "LSTM"]
+    for row in data["rows"]:
+        assert [r["impl"] for r in row["results"]] == ["torch.nn", "tbptt_ext"]
+        for r in row["results"]:
+            assert r["status"] == "ok", r["status"]
+            assert r["fwd_bwd_ms"] > 0 and r["fwd_ms"] > 0 and len(r["fwd_bwd_ms_all"]) == 2
+            errors = r["rel_errors"]["default"]
+            assert all(math.isfinite(errors[what]) and errors[what] < 1e-3 for what in ("output", "grads"))
+        tbptt = row["results"][1]
+        assert tbptt["speedup"] > 0 and tbptt["fwd_speedup"] > 0
+        assert all(math.isfinite(v) for v in tbptt["error_ratios"]["default"].values())
+    assert (tmp_path / "results.md").stat().st_size > 0
