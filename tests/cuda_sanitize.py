@@ -24,7 +24,7 @@ def run_every_kernel():
 
 
 if __name__ == "__main__":
-    for path in ("persistent", "latency", "throughput", "stepwise"):
+    for path in os.environ.get("TBPTT_EXT_TEST_CUDA_PATHS", "persistent,latency,throughput,stepwise").split(","):
         os.environ["TBPTT_EXT_CUDA_PATH"] = path
         run_every_kernel()
     torch.cuda.synchronize()

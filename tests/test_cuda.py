@@ -10,6 +10,8 @@ computation in the same dtype on the same inputs: cuDNN (torch.nn) where it runs
 cell, the plain-PyTorch reference in that dtype elsewhere.
 """
 
+import os
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -30,7 +32,8 @@ ELEMENTWISE = {
 HALF_TYPES = [torch.bfloat16, torch.float16]
 
 
-PATHS = ["persistent", "latency", "throughput", "stepwise"]
+# The recurrence paths to test; benchmarks/gpu_session.sh can narrow them (PATHS=...).
+PATHS = os.environ.get("TBPTT_EXT_TEST_CUDA_PATHS", "persistent,latency,throughput,stepwise").split(",")
 
 
 @pytest.fixture(autouse=True, params=PATHS)
@@ -88,7 +91,7 @@ def build_backward_rest(cell, args, out):
 SHAPES = [(1, 1, 1, 1), (7, 3, 5, 33), (16, 8, 64, 256), (5, 130, 16, 64), (3, 2, 8, 1100)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell,relu", CELLS)
 def test_ops_match_float64_reference(cell, relu, T, B, I, H, dtype):
@@ -101,7 +104,7 @@ def test_ops_match_float64_reference(cell, relu, T, B, I, H, dtype):
             torch.testing.assert_close(a.double().cpu(), b, **ELEMENTWISE[dtype], msg=lambda m: f"output {i}: {m}")
 
 
-@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("dtype", HALF_TYPES, ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell,relu", CELLS)
 def test_half_ops_error_within_twice_the_reference_in_same_dtype(cell, relu, T, B, I, H, dtype):
