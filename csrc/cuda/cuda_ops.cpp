@@ -7,6 +7,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <torch/version.h>
+#if !defined(TORCH_VERSION_MAJOR) || !defined(TORCH_VERSION_MINOR)
+#error "torch/version.h did not define TORCH_VERSION_MAJOR/MINOR"
+#endif
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>

@@ -422,11 +422,12 @@ cudaError_t launch_tiles(Kernel kernel, Params& params, TileShape shape, size_t 
     if (attributes.ptxVersion >= 90) {
       err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
       if (err != cudaSuccess) {
-        cudaGetLastError();  // clear the refused query
+        cudaGetLastError();  // clear the error of the refused query (ours) before falling back
         clusters = 0;
       }
     }
-    if (clusters > 0) return cudaLaunchKernelEx(&config, kernel, params, shape);
+    // (every row tile's cluster resident at once: fewer would run the chunk in waves)
+    if (clusters >= shape.row_tiles) return cudaLaunchKernelEx(&config, kernel, params, shape);
     shape.cluster = false;
   }
   int resident = 0, sms = 0;
