@@ -1,0 +1,73 @@
+"""The CUDA throughput path's planner (csrc/cuda/tile_plan.h) on the CPU: it is host code,
+so its invariants and the dispatch facts stated in benchmarks/RESULTS.md are checked here
+even without a GPU (tests/tile_plan_check.cpp, built with the C++ compiler)."""
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+H100 = ["132", "232448", "1"]  # multiprocessors, opt-in shared memory per block, clusters
+
+
+@pytest.fixture(scope="module")
+def checker(tmp_path_factory):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path_factory.mktemp("tile_plan") / "tile_plan_check"
+    subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
+                    str(ROOT / "tests" / "tile_plan_check.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def plan(checker, B, H, G, dtype, device=H100):
+    out = subprocess.run([str(checker), "plan", str(B), str(H), str(G), dtype, *device], check=True,
+                         capture_output=True, text=True).stdout.split()
+    if out == ["none"]:
+        return None
+    rows, units, unit_tiles, row_tiles, cluster, fwd_smem, bwd_smem = map(int, out)
+    return dict(rows=rows, units=units, unit_tiles=unit_tiles, row_tiles=row_tiles, cluster=bool(cluster),
+                smem=max(fwd_smem, bwd_smem))
+
+
+def test_every_plan_keeps_the_kernels_invariants(checker):
+    """Tile sizes, padding, accumulator limits, shared memory, WMMA alignment, one block per SM
+    at most, clusters of at most 8: over cells x batch x hidden x dtype x three device sizes."""
+    result = subprocess.run([str(checker), "check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert " 0 violations" in result.stdout
+
+
+@pytest.mark.parametrize("G", [1, 3, 4])
+@pytest.mark.parametrize("B,H", [(1, 128), (8, 256), (32, 256), (64, 512), (128, 1024), (512, 256)])
+def test_issue_grid_tiles_in_bf16_on_an_h100(checker, G, B, H):
+    p = plan(checker, B, H, G, "bf16")
+    assert p is not None and p["smem"] <= 232448
+    assert p["row_tiles"] * p["unit_tiles"] <= 132
+    assert p["rows"] * p["row_tiles"] >= B and p["units"] * p["unit_tiles"] >= H
+
+
+def test_documented_dispatch_facts(checker):
+    """The rows of benchmarks/RESULTS.md's dispatch paragraph."""
+    assert plan(checker, 128, 1024, 4, "bf16") == dict(rows=64, units=16, unit_tiles=64, row_tiles=2, cluster=False,
+                                                        smem=219136)
+    for dtype in ("tf32", "fp32"):  # fp32 LSTM/GRU at B=128 H=1024 go stepwise
+        assert plan(checker, 128, 1024, 4, dtype) is None
+        assert plan(checker, 128, 1024, 3, dtype) is None
+    for G in (3, 4):  # LSTM and GRU: H = 2048 stepwise; H = 1100 stepwise in fp32 or at B = 130
+        assert all(plan(checker, B, 2048, G, d) is None for B in (4, 130) for d in ("bf16", "tf32", "fp32"))
+        assert all(plan(checker, 130, 1100, G, d) is None for d in ("bf16", "tf32"))
+        assert plan(checker, 4, 1100, G, "tf32") is None
+        assert plan(checker, 4, 1100, G, "bf16")["row_tiles"] == 1
+    assert plan(checker, 4, 2048, 1, "fp32") is not None  # RNN fp32 H=2048: one thin unit tile per SM
+    small = plan(checker, 1, 128, 1, "bf16")  # no barrier at all: one block holds the whole row tile
+    assert small["unit_tiles"] == 1
+
+
+def test_no_clusters_without_sm90(checker):
+    for B, H, G in [(1, 128, 4), (512, 256, 4), (8, 256, 1)]:
+        p = plan(checker, B, H, G, "bf16", device=["108", "166912", "0"])  # an A100: no clusters
+        assert p is not None and not p["cluster"]
