@@ -112,7 +112,6 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
   return v;
 }
 
-
 // One unit's forward step, shared by every path: row b, unit j at processing step s.
 // product(g) is the unit's h_{t-1} W_hh^T for gate g (ignored where the row restarts,
 // b_hh added for kRecurrentBiasInside cells); h_before and c (c_{t-1}, cells with a cell

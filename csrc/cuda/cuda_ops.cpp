@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -87,6 +88,16 @@ void mm_acc(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
+// The forward's Acc scratch of the persistent and stepwise paths, pointed to by p:
+// pre [B, G*H], h_state and c_state (cells with a cell state) [B, H].
+template <class Cell, typename Params>
+std::array<at::Tensor, 3> forward_scratch(Params& p, const ForwardTensors& t, const at::TensorOptions& acc) {
+  std::array<at::Tensor, 3> scratch{at::empty({t.B, Cell::kGates * t.H}, acc), at::empty({t.B, t.H}, acc),
+                                    Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor()};
+  set(p.pre, scratch[0]), set(p.h_state, scratch[1]), set(p.c_state, scratch[2]);
+  return scratch;
+}
+
 // LSTM projections (proj_size > 0) have no CUDA kernel: the modules run them on the
 // reference there (README, backend table).
 void check_no_projection(const ChunkTensors& t) {
@@ -134,9 +145,7 @@ struct CudaBackend {
         return;
       }
       if (err == cudaErrorNotSupported) {
-        const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc), h_state = at::empty({t.B, t.H}, acc);
-        const at::Tensor c_state = Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor();
-        set(p.pre, pre), set(p.h_state, h_state), set(p.c_state, c_state);
+        const auto scratch = forward_scratch<Cell>(p, t, acc);
         err = launch_chunk_forward<Cell, scalar, acc_t>(p, device, stream);
       }
       check_launch("chunk forward", err);
@@ -184,16 +193,12 @@ struct CudaBackend {
   // pointwise kernel.
   template <class Cell, typename Params>
   static void stepwise_forward(ForwardTensors& t, Params& p, const at::TensorOptions& acc, cudaStream_t stream) {
-    using acc_t = std::remove_pointer_t<decltype(p.h_state)>;
-    const at::Tensor pre = at::empty({t.B, Cell::kGates * t.H}, acc), h_state = at::empty({t.B, t.H}, acc);
-    const at::Tensor c_state = Cell::kCellIndex >= 0 ? at::empty({t.B, t.H}, acc) : at::Tensor();
-    set(p.h_state, h_state), set(p.c_state, c_state);
+    auto scratch = forward_scratch<Cell>(p, t, acc);
+    at::Tensor& pre = scratch[0];
     const at::Tensor w_hh_t = t.w_hh.t();
-    at::Tensor pre_out = pre;
     for (int64_t s = 0; s < t.T; ++s) {
-      const at::Tensor h_prev = s == 0 ? t.h0 : t.output.select(0, t.reverse ? t.T - s : s - 1);
-      mm_acc(pre_out, h_prev, w_hh_t);
-      check_launch("stepwise forward", launch_step_forward<Cell>(p, s, pre.data_ptr<acc_t>(), stream));
+      mm_acc(pre, s == 0 ? t.h0 : t.output.select(0, p.time_of(s - 1)), w_hh_t);
+      check_launch("stepwise forward", launch_step_forward<Cell>(p, s, p.pre, stream));
     }
   }
 
@@ -206,11 +211,9 @@ struct CudaBackend {
     const at::Tensor carry_h = at::empty({t.B, t.H}, acc), carry_c = at::empty({t.B, t.H}, acc);
     set(p.carry_h, carry_h), set(p.carry_c, carry_c);
     const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
-    for (int64_t i_step = 0; i_step < t.T; ++i_step) {
-      const int64_t s = t.T - 1 - i_step, time = t.reverse ? t.T - 1 - s : s;
-      check_launch("stepwise backward",
-                   launch_step_backward<Cell>(p, s, carry_prod.data_ptr<acc_t>(), stream));
-      mm_acc(carry_prod, grad_hp.select(0, time), t.w_hh);
+    for (int64_t s = t.T - 1; s >= 0; --s) {
+      check_launch("stepwise backward", launch_step_backward<Cell>(p, s, carry_prod.data_ptr<acc_t>(), stream));
+      mm_acc(carry_prod, grad_hp.select(0, p.time_of(s)), t.w_hh);
     }
     at::Tensor grad_h0 = carry_prod;
     if constexpr (Cell::kDirectHiddenGrad) grad_h0 = carry_prod + carry_h;

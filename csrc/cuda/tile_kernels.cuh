@@ -197,6 +197,20 @@ __device__ __forceinline__ void tile_product(const Scalar* a, int64_t a_rows, in
   __syncthreads();
 }
 
+// first[r, u] = a[r0 + r, j0 + u] (and second from c, cells with a cell state) for the
+// block's [R, U] pairs, zero outside the batch and H: the state (or carry) a block
+// starts with, from a [B, H] tensor.
+template <bool kCell, typename Acc, typename Scalar>
+__device__ __forceinline__ void load_own_tile(Acc* first, const Scalar* a, Acc* second, const Scalar* c,
+                                              int valid_rows, int64_t r0, int64_t j0, int R, int U, int64_t H) {
+  for (int i = threadIdx.x; i < R * U; i += blockDim.x) {
+    const int r = i / U, u = i % U;
+    const bool inside = r < valid_rows && j0 + u < H;
+    first[i] = inside ? to_acc(a[(r0 + r) * H + j0 + u]) : Acc(0);
+    second[i] = kCell && inside ? to_acc(c[(r0 + r) * H + j0 + u]) : Acc(0);
+  }
+}
+
 // --------------------------------------------------------------- forward
 template <class Cell, typename Scalar, typename Acc, MatMul kMath>
 __global__ void __launch_bounds__(kTileThreads) tile_forward_kernel(CudaForwardParams<Scalar, Acc> p, TileShape shape) {
@@ -220,12 +234,7 @@ __global__ void __launch_bounds__(kTileThreads) tile_forward_kernel(CudaForwardP
     const bool inside = g < G && j0 + u < H && k < H;
     w[k * layout.ldw + n] = inside ? p.w_hh[(g * H + j0 + u) * H + k] : from_acc<Scalar>(Acc(0));
   }
-  for (int i = threadIdx.x; i < R * U; i += blockDim.x) {
-    const int r = i / U, u = i % U;
-    const bool inside = r < valid_rows && j0 + u < H;
-    h_own[i] = inside ? to_acc(p.h0[(r0 + r) * H + j0 + u]) : Acc(0);
-    c_own[i] = kCell && inside ? to_acc(p.c0[(r0 + r) * H + j0 + u]) : Acc(0);
-  }
+  load_own_tile<kCell>(h_own, p.h0, c_own, p.c0, valid_rows, r0, j0, R, U, H);
   __syncthreads();
   unsigned* counter = p.barrier == nullptr ? nullptr : p.barrier + blockIdx.y;
   for (int64_t s = 0; s < p.T; ++s) {
@@ -267,12 +276,7 @@ __global__ void __launch_bounds__(kTileThreads) tile_backward_kernel(CudaBackwar
     const bool inside = n < GH && u < U && j0 + u < H;
     w[n * layout.ldw + u] = inside ? p.w_hh[n * H + j0 + u] : from_acc<Scalar>(Acc(0));
   }
-  for (int i = threadIdx.x; i < R * U; i += blockDim.x) {
-    const int r = i / U, u = i % U;
-    const bool inside = r < valid_rows && j0 + u < H;
-    carry_h[i] = inside ? to_acc(p.grad_h_n[(r0 + r) * H + j0 + u]) : Acc(0);
-    carry_c[i] = kCell && inside ? to_acc(p.grad_c_n[(r0 + r) * H + j0 + u]) : Acc(0);
-  }
+  load_own_tile<kCell>(carry_h, p.grad_h_n, carry_c, p.grad_c_n, valid_rows, r0, j0, R, U, H);
   __syncthreads();
   unsigned* counter = p.barrier == nullptr ? nullptr : p.barrier + blockIdx.y;
   for (int64_t i_step = 0; i_step < p.T; ++i_step) {
