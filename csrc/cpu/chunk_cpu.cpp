@@ -197,13 +197,13 @@ TBPTT_ISA_DISPATCH(projected_grad_rows)
 // carry_h [B, H] adds dL/dh_t through step s + 1 (for cells with a direct term it is
 // overwritten with that term, to which the W_hh product is added); without (a
 // projection: phase 1 added it) carry_h is not read. carry_c [B, H]: dL/dc_t in,
-// dL/dc_{t-1} out.
+// dL/dc_{t-1} out. ld: the row stride of grad_xproj and grad_hp (padded_row_length).
 template <Isa kIsa, class Cell, typename T, class Record>
-TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, const T* grad_out_step, bool with_carry, T* carry_h,
-                                       T* carry_c, int64_t s, int64_t b0, int64_t b1) {
+TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, int64_t ld, const T* grad_out_step, bool with_carry,
+                                       T* carry_h, T* carry_c, int64_t s, int64_t b0, int64_t b1) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
-  const int64_t B = p.B, H = p.H, GH = G * H, SW = p.saved_width(S), t = p.time_of(s);
+  const int64_t B = p.B, H = p.H, SW = p.saved_width(S), t = p.time_of(s);
   const int64_t t_prev = s > 0 ? p.time_of(s - 1) : 0;
   for (int64_t b = b0; b < b1; ++b) {
     // take_carry = 0 where the next step restarted (no carry from it), keep = 0 where this
@@ -222,8 +222,8 @@ TBPTT_ALWAYS_INLINE void backward_rows(const BackwardParams<T>& p, const T* grad
     if constexpr (kCell) c_prev = s > 0 ? p.saved + (t_prev * B + b) * SW + Cell::kCellIndex * H : p.c0 + b * H;
     T* __restrict__ ch = with_carry ? carry_h + b * H : nullptr;
     T* __restrict__ cc = kCell ? carry_c + b * H : nullptr;
-    T* __restrict__ grad_x = p.grad_xproj + row * GH;
-    T* __restrict__ grad_hp = Cell::kRecurrentBiasInside ? p.grad_hp + row * GH : nullptr;
+    T* __restrict__ grad_x = p.grad_xproj + row * ld;
+    T* __restrict__ grad_hp = Cell::kRecurrentBiasInside ? p.grad_hp + row * ld : nullptr;
     T* __restrict__ record = Record::value ? p.grad_h_record + row * H : nullptr;
     // (carry read below only with_carry; otherwise a valid row stands in and is not used;
     // not __restrict__: it may be ch, read before the same element is written)
@@ -261,10 +261,14 @@ TBPTT_ISA_DISPATCH(backward_rows)
 // pointwise backward; the carry grad_hp_t W_hh (and dL/dx_t).
 template <class Cell, typename T>
 void backward_chunk(BackwardTensors& t) {
-  const int64_t B = t.B, I = t.I, H = t.H, GH = Cell::kGates * H;
+  const int64_t B = t.B, I = t.I, H = t.H;
   const bool in_loop = t.input_needs_grad && input_side_in_loop(B, I, H), project = t.w_hr.defined();
   if (in_loop) t.grad_input = at::empty({t.T, B, I}, t.input.options());
   const BackwardParams<T> p = backward_params<T, T>(t);
+  // grad_xproj and grad_hp rows are ld apart (CpuBackend::scratch pads them)
+  const int64_t ld = t.grad_xproj.stride(1);
+  TORCH_INTERNAL_ASSERT(t.grad_xproj.stride(2) == 1 && t.grad_xproj.stride(0) == B * ld &&
+                        (!t.grad_hp.defined() || t.grad_hp.strides() == t.grad_xproj.strides()));
   const Isa isa = cpu_isa();
   const RecurrentMatrix<T> w(t.w_hh, isa, Scratch::kPackedHH);  // grad_hp [B, G*H] times W_hh [G*H, P]
   const auto w_ih = in_loop ? std::make_optional<RecurrentMatrix<T>>(t.w_ih, isa, Scratch::kPackedIH) : std::nullopt;
@@ -296,22 +300,24 @@ void backward_chunk(BackwardTensors& t) {
                     const int64_t s = p.T - 1 - i;
                     const T* grad_out = project ? grad_r_p : p.grad_output + p.time_of(s) * B * H;
                     if (record && !project) {
-                      backward_rows_dispatch<Cell, T, std::true_type>(isa, p, grad_out, true, carry_h, carry_c, s, b0, b1);
+                      backward_rows_dispatch<Cell, T, std::true_type>(isa, p, ld, grad_out, true, carry_h, carry_c, s,
+                                                                      b0, b1);
                     } else {
-                      backward_rows_dispatch<Cell, T, std::false_type>(isa, p, grad_out, !project, carry_h, carry_c, s,
-                                                                       b0, b1);
+                      backward_rows_dispatch<Cell, T, std::false_type>(isa, p, ld, grad_out, !project, carry_h, carry_c,
+                                                                       s, b0, b1);
                     }
                   }),
             phase(hh_panels + ih_panels, [&](int64_t i, int64_t p0, int64_t p1) {
               // panels [0, hh_panels): the carry; the rest: dL/dx_t
               const int64_t t_i = p.time_of(p.T - 1 - i);
-              const T* grad_hp_t = grad_hp + t_i * B * GH;
+              const T* grad_hp_t = grad_hp + t_i * B * ld;
               if (p0 < hh_panels) {
-                w.multiply(grad_hp_t, B, /*accumulate=*/Cell::kDirectHiddenGrad, carry_h, p0, std::min(p1, hh_panels));
+                w.multiply(grad_hp_t, B, /*accumulate=*/Cell::kDirectHiddenGrad, carry_h, p0, std::min(p1, hh_panels),
+                           ld);
               }
               if (p1 > hh_panels) {
-                w_ih->multiply(p.grad_xproj + t_i * B * GH, B, /*accumulate=*/false, grad_input + t_i * B * I,
-                               std::max<int64_t>(p0 - hh_panels, 0), p1 - hh_panels);
+                w_ih->multiply(p.grad_xproj + t_i * B * ld, B, /*accumulate=*/false, grad_input + t_i * B * I,
+                               std::max<int64_t>(p0 - hh_panels, 0), p1 - hh_panels, ld);
               }
             }));
 }
@@ -323,8 +329,11 @@ struct CpuBackend {
                 " (backend='reference' runs other dtypes)");
   }
   static int device_guard(const at::Tensor&) { return 0; }
+  // [T, B, G*H] with rows padded_row_length apart: a view into this thread's buffer.
   static at::Tensor scratch(int index, at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return workspace(index == 0 ? Scratch::kGradXproj : Scratch::kGradHp, sizes, options);
+    const int64_t width = sizes[2], ld = padded_row_length(width, options.dtype().itemsize());
+    return workspace(index == 0 ? Scratch::kGradXproj : Scratch::kGradHp, {sizes[0], sizes[1], ld}, options)
+        .narrow(2, 0, width);
   }
 
   template <class Cell>
