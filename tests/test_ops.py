@@ -218,6 +218,42 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, relu):
             assert torch.equal(a, b)
 
 
+# Pre-activations where the float32 activations change regime: 0 and ±0, tiny (tanh must
+# stay relatively accurate), the clamp at [-87, 88] on either side, far beyond, ±inf, NaN.
+EXTREMES = [0.0, -0.0, 1e-8, -1e-8, 0.3, -2.5, 15.0, -15.0, 43.9, -43.9, 86.9, -86.9, 87.5, -87.5, 88.5,
+            -88.5, 100.0, -100.0, 1e30, -1e30, float("inf"), float("-inf"), float("nan")]
+
+
+def check_activations_at_extremes():
+    """Every cell's float32 kernel on one step whose pre-activations are exactly EXTREMES
+    (one input feature, weight 1, no recurrent weight, bias or state), against the same
+    formula on torch's float64 sigmoid and tanh: within a few float32 ulps (or 1e-37
+    absolutely, for results that underflow; the GRU's 1 - z also two ulps of 1, the
+    cancellation every float32 GRU has), NaN where torch gives NaN."""
+    x = torch.tensor(EXTREMES, dtype=torch.float32).view(1, -1, 1)
+    n = x.shape[1]
+    xd = x.double().view(-1)
+    sig, tanh = torch.sigmoid(xd), torch.tanh(xd)
+    zeros = torch.zeros
+    cases = {  # cell: (output, expected, absolute tolerance)
+        "rnn": (ops.rnn_chunk_forward(x, torch.ones(1, 1), zeros(1, 1), zeros(1), zeros(1), zeros(n, 1))[0], tanh,
+                1e-37),
+        "lstm": (ops.lstm_chunk_forward(x, torch.ones(4, 1), zeros(4, 1), zeros(4), zeros(4), zeros(n, 1),
+                                        zeros(n, 1))[0], sig * torch.tanh(sig * tanh), 1e-37),
+        "gru": (ops.gru_chunk_forward(x, torch.ones(3, 1), zeros(3, 1), zeros(3), zeros(3), zeros(n, 1))[0],
+                (1 - sig) * tanh, 2.4e-7 * tanh.abs() + 1e-37),
+    }
+    for cell, (out, expected, atol) in cases.items():
+        out = out.view(-1).double()
+        assert torch.equal(out.isnan(), expected.isnan()), (cell, out, expected)
+        ok = expected.isnan() | ((out - expected).abs() <= 1e-6 * expected.abs() + atol)
+        assert ok.all(), f"{cell}: at {xd[~ok].tolist()} got {out[~ok].tolist()}, expected {expected[~ok].tolist()}"
+
+
+def test_float32_activations_at_extremes():
+    check_activations_at_extremes()
+
+
 ISA_CHECK = """
 import torch
 from tbptt_ext import ops
@@ -229,6 +265,7 @@ for cell, relu in test_ops.CELLS:
             for reverse, reset in [(False, "none"), (True, "random")]:
                 test_ops.check_against_reference(cell, relu, T, B, I, H, dtype, reverse, reset)
     test_ops.test_projected_lstm_ops_match_reference(5, 13, 3, 40, 17, dtype)
+test_ops.check_activations_at_extremes()
 print("ok")
 """
 
