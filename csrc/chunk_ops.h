@@ -31,8 +31,9 @@ namespace tbptt {
 
 using OptTensor = std::optional<at::Tensor>;
 
-// Tensors of one call as the backends receive them: contiguous, checked; undefined
-// where a cell or call has none.
+// Tensors of one call as the backends receive them: contiguous (except the scratch
+// grad_xproj / grad_hp, whose rows a backend may space further apart: Backend::scratch),
+// checked; undefined where a cell or call has none.
 struct ChunkTensors {
   int64_t T = 0, B = 0, I = 0, H = 0;
   int64_t P = 0;  // width of h (the layer's output): H, or proj_size with a projection

@@ -3,8 +3,9 @@
 //
 // Shapes: T steps, B batch, H hidden, G = Cell::kGates, S = Cell::kSaved. Sequence
 // tensors are time-major and contiguous: element (t, b, k) of a [T, B, W] tensor is
-// at (t * B + b) * W + k. Processing step s runs time t = time_of(s): s in the forward
-// direction, T - 1 - s in the reverse direction of a bidirectional layer.
+// at (t * B + b) * W + k (the CPU's grad_xproj / grad_hp: rows further apart, below).
+// Processing step s runs time t = time_of(s): s in the forward direction, T - 1 - s in
+// the reverse direction of a bidirectional layer.
 //
 // Reset mask: reset[t * B + b] != 0 says row b starts a new sequence at time t. The
 // state entering the step is then zero (h_prev = c_prev = 0, no W_hh product) and no
@@ -59,6 +60,7 @@ struct BackwardParams : ChunkParamsBase<Scalar> {
   const Scalar* grad_c_n = nullptr;     // [B, H], cells with a cell state
   const Scalar* output = nullptr;       // [T, B, H] as written by the forward
   const Scalar* saved = nullptr;        // [T, B, S*H] as written by the forward
+  // (grad_xproj, grad_hp: on the CPU, rows (t, b) are padded_row_length(G*H) apart, not G*H)
   Scalar* grad_xproj = nullptr;         // [T, B, G*H]  dL/d(input-side pre-activation)
   Scalar* grad_hp = nullptr;            // [T, B, G*H]  dL/d(h_{t-1} W_hh^T + b_hh), kRecurrentBiasInside only
   Scalar* grad_h = nullptr;             // [T, B, P]  dL/dh_t, with a projection (CPU)
