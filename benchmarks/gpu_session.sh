@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1
 STAGES=" $(echo "${STAGES:-build smoke tests}" | tr ',' ' ') "
 STAGES="${STAGES/ all / build smoke tests sanitize bench_cuda }"
-read -r -a PATH_LIST <<< "$(echo "${PATHS:-persistent latency throughput stepwise}" | tr ',' ' ')"
+read -r -a PATH_LIST <<< "$(echo "${PATHS:-auto persistent latency throughput stepwise}" | tr ',' ' ')"
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in build|smoke|tests|sanitize|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac

@@ -33,7 +33,7 @@ HALF_TYPES = [torch.bfloat16, torch.float16]
 
 
 # The recurrence paths to test; benchmarks/gpu_session.sh can narrow them (PATHS=...).
-PATHS = os.environ.get("TBPTT_EXT_TEST_CUDA_PATHS", "persistent,latency,throughput,stepwise").split(",")
+PATHS = os.environ.get("TBPTT_EXT_TEST_CUDA_PATHS", "auto,persistent,latency,throughput,stepwise").split(",")
 
 
 @pytest.fixture(autouse=True, params=PATHS)
@@ -108,18 +108,37 @@ def test_ops_match_float64_reference(cell, relu, T, B, I, H, dtype):
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell,relu", CELLS)
 def test_half_ops_error_within_twice_the_reference_in_same_dtype(cell, relu, T, B, I, H, dtype):
-    """Error norm against float64 at most twice that of plain PyTorch in the same dtype."""
+    """Error norm at most twice that of plain PyTorch in the same dtype, plus two units of
+    the dtype's epsilon (a few roundings of a stored result: with one element, the norm is
+    that element's rounding), against float64 on the same inputs:
+    - forward: the float64 reference on the dtype-rounded inputs, so that the rounding of
+      the inputs, which every implementation in the dtype shares, is left out;
+    - backward: every implementation on the same saved tensors, the fused forward's. The
+      relu RNN's gradient is discontinuous where a pre-activation crosses zero, so each
+      forward's own rounding would flip a few units' masks and change the gradient there
+      by a whole term: on the CPU, float64 arithmetic on bfloat16-rounded inputs was
+      3.5e-2 off in grad_input at T=7 B=3 H=33, plain bfloat16 3.7e-3, by luck."""
+    floor = 2 * torch.finfo(dtype).eps
+    g = torch.Generator().manual_seed(T + B + H)
     for reverse, reset_kind in [(False, "none"), (True, "random")]:
-        args64 = forward_args(cell, T, B, I, H, torch.float64, seed=T * B + H, reset_kind=reset_kind)
-        truth = fwd_bwd(reference, cell, relu, args64, reverse)
-        fused = fwd_bwd(ops, cell, relu, to_device(args64, dtype), reverse)
-        plain = fwd_bwd(reference, cell, relu, to_device(args64, dtype), reverse)
-        for i, (a, b, x) in enumerate(zip([*fused[0], *fused[1]], [*plain[0], *plain[1]],
-                                          [*truth[0], *truth[1]])):
-            if x.numel() == 0:
-                continue
-            ours, theirs = relative_error(a, x), relative_error(b, x)
-            assert ours <= 2 * theirs + 1e-3, f"output {i}: error {ours:.2e} vs plain PyTorch {theirs:.2e}"
+        args = to_device(forward_args(cell, T, B, I, H, torch.float64, seed=T * B + H, reset_kind=reset_kind), dtype)
+        fused = run_forward(ops, cell, relu, args, reverse)
+        plain = run_forward(reference, cell, relu, args, reverse)
+        truth = run_forward(reference, cell, relu, to_device(args, torch.float64, "cpu"), reverse)
+        n_grads = 3 if cell == "lstm" else 2
+        grads_in = [torch.randn(o.shape, dtype=torch.float64, generator=g).to(DEVICE, dtype) for o in fused[:n_grads]]
+        bargs = [*grads_in, *build_backward_rest(cell, args, fused)]
+        checks = [("forward", fused, plain, truth),
+                  ("backward", run_backward(ops, cell, relu, bargs, reverse),
+                   run_backward(reference, cell, relu, bargs, reverse),
+                   run_backward(reference, cell, relu, to_device(bargs, torch.float64, "cpu"), reverse))]
+        for what, ours_all, plain_all, truth_all in checks:
+            for i, (a, b, x) in enumerate(zip(ours_all, plain_all, truth_all)):
+                if x.numel() == 0:
+                    continue
+                ours, theirs = relative_error(a, x), relative_error(b, x)
+                assert ours <= 2 * theirs + floor, (
+                    f"{what} output {i}: error {ours:.2e} vs plain PyTorch {theirs:.2e} (reverse={reverse})")
 
 
 @pytest.mark.parametrize("cell,relu", CELLS)
@@ -183,8 +202,12 @@ def test_modules_error_within_twice_cudnn(name, dtype, tf32, kind):
         data(out).float().square().sum().backward()
         errors[label] = [relative_error(data(out), data(out64))]
         errors[label] += [relative_error(p.grad, g) for p, g in zip(m.parameters(), truth_grads)]
+    # plus the unit roundoff of the dtype: storing the exact result in it is that far off
+    # (a parameter's gradient has few elements, so cuDNN's error can be luckily small:
+    # 2.5e-3 against our 5.1e-3 for one 32-element bf16 bias gradient, on an H200)
+    floor = torch.finfo(dtype).eps / 2
     for i, (ours, theirs) in enumerate(zip(errors["tbptt_ext"], errors["cuDNN"])):
-        assert ours <= 2 * theirs + 1e-6, f"item {i}: error {ours:.2e} vs cuDNN {theirs:.2e}"
+        assert ours <= 2 * theirs + floor, f"item {i}: error {ours:.2e} vs cuDNN {theirs:.2e}"
 
 
 def test_compile_on_gpu():
@@ -210,8 +233,43 @@ def test_one_recurrence_launch_per_chunk_each_way(cuda_path):
     launches = 50 if cuda_path == "stepwise" else 1
     assert sum("_forward_kernel" in n for n in names) == launches, names
     assert sum("_backward_kernel" in n for n in names) == launches, names
-    expected = {"persistent": "chunk_", "latency": "block_", "throughput": "tile_", "stepwise": "step_"}[cuda_path]
+    expected = {"auto": "chunk_",  # B = 8: the persistent kernels (test_auto_path_follows_the_measured_rule)
+                "persistent": "chunk_", "latency": "block_", "throughput": "tile_", "stepwise": "step_"}[cuda_path]
     assert all(expected in n for n in names if "_forward_kernel" in n or "_backward_kernel" in n), names
+
+
+@pytest.mark.parametrize("cell,B,H,dtype,expected", [
+    ("gru", 8, 512, torch.float32, "chunk_"),        # B <= 8, W_hh 3 MiB: persistent
+    ("gru", 16, 256, torch.float32, "chunk_"),       # B <= 16, H <= 256: persistent
+    ("gru", 16, 257, torch.float32, "tile_"),        # H > 256, W_hh <= 2 MiB: throughput
+    ("gru", 17, 64, torch.float32, "tile_"),         # B > 16: throughput
+    ("lstm", 16, 512, torch.float32, "chunk_"),      # B <= 16, W_hh 4 MiB: persistent
+    ("lstm", 16, 512, torch.bfloat16, "tile_"),      # W_hh exactly 2 MiB in bf16: throughput
+    ("lstm", 4, 513, torch.float32, "step_"),        # W_hh above 4 MiB: stepwise
+    ("lstm", 17, 363, torch.float32, "step_"),       # W_hh 2,108,304 bytes > 2 MiB: stepwise
+    ("lstm", 17, 362, torch.float32, "tile_"),       # 2,096,704 bytes: throughput
+    ("rnn", 128, 1024, torch.bfloat16, "tile_"),     # 2 MiB: throughput
+])
+def test_auto_path_follows_the_measured_rule(cuda_path, cell, B, H, dtype, expected):
+    """TBPTT_EXT_CUDA_PATH=auto (the default) at the edges of its rule (cuda_ops.cpp,
+    resolve_path): the kernels that ran, forward and backward, and a float64 check."""
+    if cuda_path != "auto":
+        pytest.skip("the rule of the auto path")
+    args64 = forward_args(cell, 3, B, 16, H, torch.float64, seed=B + H, reset_kind="random")
+    args = to_device(args64, dtype)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out, grads = fwd_bwd(ops, cell, False, args, False)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+             and ("_forward_kernel" in e.name or "_backward_kernel" in e.name)]
+    assert names and all(expected in n for n in names), names
+    assert any("_forward_kernel" in n for n in names) and any("_backward_kernel" in n for n in names), names
+    truth = fwd_bwd(reference, cell, False, to_device(args, torch.float64, "cpu"), False)
+    plain = fwd_bwd(reference, cell, False, args, False)
+    for i, (a, b, x) in enumerate(zip([*out, *grads], [*plain[0], *plain[1]], [*truth[0], *truth[1]])):
+        if x.numel():
+            bound = 1e-5 if dtype == torch.float32 else 2 * relative_error(b, x) + 1e-3
+            assert relative_error(a, x) <= bound, (i, relative_error(a, x), bound)
 
 
 @pytest.mark.parametrize("cell,relu", CELLS)

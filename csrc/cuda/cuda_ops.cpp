@@ -44,26 +44,49 @@ at::TensorOptions acc_options(const at::Tensor& t) {
 }
 
 // Which recurrence kernels run, from TBPTT_EXT_CUDA_PATH (read at every call):
-//   auto, persistent  the v1 persistent kernels (chunk_kernels.cuh): one cooperative
-//                     launch each way, a grid barrier per step. Verified on an H100.
+//   auto (default)    chosen per call from the cell, B, H and dtype (auto_path below).
+//   persistent        the v1 persistent kernels (chunk_kernels.cuh): one cooperative
+//                     launch each way, a grid barrier per step.
 //   latency           one block per batch row (block_kernels.cuh); persistent where its
-//                     vectors do not fit. Not yet run on a GPU.
+//                     vectors do not fit.
 //   throughput        row tiles x unit tiles on tensor cores (tile_kernels.cuh); stepwise
-//                     where no tiling fits on chip. Not yet run on a GPU.
+//                     where no tiling fits on chip.
 //   stepwise          one GEMM and one pointwise kernel per step (step_kernels.cuh).
-//                     Not yet run on a GPU.
-enum class Path { kPersistent, kLatency, kThroughput, kStepwise };
+// All five ran on an H200 (tests/test_cuda.py, compute-sanitizer memcheck; 2026-11-27).
+enum class Path { kAuto, kPersistent, kLatency, kThroughput, kStepwise };
 
-Path cuda_path() {
+Path requested_path() {
   const char* path = std::getenv("TBPTT_EXT_CUDA_PATH");
-  if (path == nullptr || std::strcmp(path, "auto") == 0 || std::strcmp(path, "persistent") == 0) {
-    return Path::kPersistent;
-  }
+  if (path == nullptr || std::strcmp(path, "auto") == 0) return Path::kAuto;
+  if (std::strcmp(path, "persistent") == 0) return Path::kPersistent;
   if (std::strcmp(path, "latency") == 0) return Path::kLatency;
   if (std::strcmp(path, "throughput") == 0) return Path::kThroughput;
   if (std::strcmp(path, "stepwise") == 0) return Path::kStepwise;
   TORCH_CHECK(false, "TBPTT_EXT_CUDA_PATH must be one of auto, persistent, latency, throughput, stepwise; got '",
               path, "'");
+}
+
+// What `auto` runs, measured with benchmarks/bench_cuda.py on an H200 (every path against
+// cuDNN, k = 50, I = H, fp32 and bf16; issue 10's grid and issue 9's B in {1, 4, 16} x
+// H in {64..512}; benchmarks/RESULTS.md, 2026-11-27). W = W_hh's bytes (G*H*H elements).
+//   small batch: B <= 8, or B <= 16 where H <= 256 or W > 2 MiB, with W <= 4 MiB
+//       -> persistent (LSTM fp32 B=16 H=256: 1.94x cuDNN against throughput's 1.22x;
+//          B=4 H=512: 2.10x against stepwise's 0.85x)
+//   W > 2 MiB -> stepwise (fp32 LSTM B=64 H=512: 0.90x against throughput's 0.71x;
+//          bf16 LSTM B=128 H=1024: 0.92x against 0.47x)
+//   otherwise -> throughput (bf16 LSTM B=32 H=256: 1.87x against persistent's 1.59x;
+//          B=512 H=256: 1.15x against 0.11x; bf16 LSTM B=16 H=512: 0.97x against 0.84x)
+// Forward and backward of a chunk resolve to the same path (same cell, B, H, dtype).
+template <class Cell>
+Path resolve_path(int64_t B, int64_t H, const at::Tensor& w_hh) {
+  const Path path = requested_path();
+  if (path != Path::kAuto) return path;
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const double w_bytes = double(Cell::kGates) * double(H) * double(H) * double(w_hh.element_size());
+  const bool small_batch = B <= 8 || (B <= 16 && (H <= 256 || w_bytes > 2 * kMiB));
+  if (small_batch && w_bytes <= 4 * kMiB) return Path::kPersistent;
+  if (w_bytes > 2 * kMiB) return Path::kStepwise;
+  return Path::kThroughput;
 }
 
 // Precision policy of the fp32 recurrent products on the throughput path: TF32 on tensor
@@ -72,7 +95,7 @@ Path cuda_path() {
 // cuBLAS calls through ATen, which follow torch.backends.cuda.matmul.allow_tf32.)
 bool tf32_allowed(const at::Tensor& t, Path path) {
   if (t.scalar_type() != at::kFloat || path != Path::kThroughput) return false;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 11)
   return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);  // (no argument: throws if conv and rnn differ)
 #else
   return at::globalContext().allowTF32CuDNN();
@@ -122,7 +145,7 @@ struct CudaBackend {
     check_no_projection(t);
     t.xproj = input_projection(t);
     const auto acc = acc_options(t.xproj);
-    const Path path = cuda_path();
+    const Path path = resolve_path<Cell>(t.B, t.H, t.w_hh);
     const at::Tensor w_hh_t = path == Path::kLatency ? t.w_hh.t().contiguous() : at::Tensor();  // coalesced reads
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.xproj.scalar_type(), "tbptt_chunk_forward_cuda", [&] {
       using scalar = cuda_type_t<scalar_t>;
@@ -156,7 +179,7 @@ struct CudaBackend {
   static void backward(BackwardTensors& t) {
     check_no_projection(t);
     const auto acc = acc_options(t.output);
-    const Path path = cuda_path();
+    const Path path = resolve_path<Cell>(t.B, t.H, t.w_hh);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.output.scalar_type(), "tbptt_chunk_backward_cuda", [&] {
       using scalar = cuda_type_t<scalar_t>;
       using acc_t = acc_type_t<scalar_t>;

@@ -54,7 +54,8 @@ struct TileSmem {
 // The tiling of a call: the (R, U) whose two launches fit shared memory and the
 // accumulator limits with at most one block per multiprocessor, at the lowest estimated
 // time per step (tensor-core or CUDA-core MACs plus the staged bytes, per block).
-// Provisional: the constants are not yet measured on a GPU. rows = 0: nothing fits.
+// The rate constants are estimates, not fitted: the plans ran correctly on an H200, and
+// the measured speed of each path is in benchmarks/RESULTS.md. rows = 0: nothing fits.
 struct TilePlan {
   TileShape forward, backward;
   size_t forward_smem = 0, backward_smem = 0;
