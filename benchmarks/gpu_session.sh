@@ -24,11 +24,22 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/tbptt_gpu}"
 mkdir -p "$OUT"
-export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1
+# OMP_NUM_THREADS: the tests' CPU float64 references run in several processes at once
+# (smoke paths in parallel, pytest-xdist); with all 16 threads each they oversubscribed
+# the cores and four smoke runs overran 75 s on an H200 machine (2026-11-27).
+export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 STAGES=" $(echo "${STAGES:-build smoke tests}" | tr ',' ' ') "
 STAGES="${STAGES/ all / build smoke tests sanitize bench_cuda }"
 read -r -a PATH_LIST <<< "$(echo "${PATHS:-auto persistent latency throughput stepwise}" | tr ',' ' ')"
 want() { [[ "$STAGES" == *" $1 "* ]]; }
+# The device tool brings back at most 8 files from $OUT: more are packed into one archive
+# when the script ends (a run killed from outside leaves them as they are).
+pack_logs() {
+  if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+    tar -czf /tmp/tbptt_gpu_logs.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/tbptt_gpu_logs.tar.gz "$OUT/logs.tar.gz"
+  fi
+}
+trap pack_logs EXIT
 for stage in $STAGES; do
   case "$stage" in build|smoke|tests|sanitize|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
 done
@@ -47,14 +58,17 @@ if want build; then
 fi
 
 if want smoke; then
-  echo "== smoke: each path against the float64 reference (float32), stopping at its first failure"
+  echo "== smoke: each path against the float64 reference (float32), in parallel, each stopping at its first failure"
+  for path in "${PATH_LIST[@]}"; do
+    (TBPTT_EXT_TEST_CUDA_PATHS="$path" limit 90 python3 -m pytest -q -x "${PYTEST_TIMEOUT[@]}" tests/test_cuda.py \
+       -k "test_ops_match_float64_reference and float32" > "$OUT/smoke_$path.log" 2>&1; echo "exit $?" >> "$OUT/smoke_$path.log") &
+  done
+  wait
   passed=()
   for path in "${PATH_LIST[@]}"; do
-    TBPTT_EXT_TEST_CUDA_PATHS="$path" limit 45 python3 -m pytest -q -x "${PYTEST_TIMEOUT[@]}" tests/test_cuda.py \
-      -k "test_ops_match_float64_reference and float32" > "$OUT/smoke_$path.log" 2>&1
-    status=$?
-    echo "$path: $([ $status = 0 ] && echo passed || echo "FAILED (exit $status)") - $(tail -1 "$OUT/smoke_$path.log")"
-    [ $status = 0 ] && passed+=("$path")
+    status=$(tail -1 "$OUT/smoke_$path.log")
+    echo "$path: $([ "$status" = "exit 0" ] && echo passed || echo "FAILED ($status)") - $(tail -2 "$OUT/smoke_$path.log" | head -1)"
+    [ "$status" = "exit 0" ] && passed+=("$path")
   done
   [ ${#passed[@]} = 0 ] && { echo "no path passed the smoke test"; exit 1; }
   PATH_LIST=("${passed[@]}")
@@ -64,19 +78,30 @@ export TBPTT_EXT_TEST_CUDA_PATHS="$PATHS_CSV"
 
 if want tests; then
   echo "== GPU tests on $PATHS_CSV"
-  limit 200 python3 -m pytest -q "${PYTEST_TIMEOUT[@]}" tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
+  # pytest-xdist, where installed: all five paths took 42 s with -n 10 on an H200 machine
+  XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 10)
+  limit 200 python3 -m pytest -q "${XDIST[@]}" "${PYTEST_TIMEOUT[@]}" tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
 fi
 
 if want sanitize; then
   echo "== compute-sanitizer on $PATHS_CSV"
-  for tool in memcheck racecheck synccheck; do
-    (cd tests && limit 130 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 cuda_sanitize.py) \
-      > "$OUT/sanitize_$tool.log" 2>&1
-    status=$?
-    if grep -q "Device not supported" "$OUT/sanitize_$tool.log"; then
-      echo "$tool: compute-sanitizer does not support this device here (not a kernel error)"
+  # memcheck over everything; racecheck and synccheck only on our kernels (unfiltered,
+  # racecheck reported hazards inside cuBLAS's own nvjet GEMM kernels and ran past 200 s),
+  # forward and backward kernels in two runs. All five runs at once, each in its own limit.
+  runs=("memcheck:" "racecheck:_forward_kernel" "racecheck:_backward_kernel" "synccheck:_forward_kernel"
+        "synccheck:_backward_kernel")
+  for run in "${runs[@]}"; do
+    tool=${run%%:*}; kernels=${run#*:}; filter=(); [ -n "$kernels" ] && filter=(--kernel-name "kns=$kernels")
+    (cd tests && limit 170 compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 9 python3 cuda_sanitize.py) \
+      > "$OUT/sanitize_$tool$kernels.log" 2>&1 &
+  done
+  wait
+  for run in "${runs[@]}"; do
+    tool=${run%%:*}; kernels=${run#*:}; log="$OUT/sanitize_$tool$kernels.log"
+    if grep -q "Device not supported" "$log"; then
+      echo "$tool $kernels: compute-sanitizer does not support this device here (not a kernel error)"
     else
-      echo "$tool: exit $status ($(grep 'ERROR SUMMARY' "$OUT/sanitize_$tool.log" | tail -1))"
+      echo "$tool $kernels: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|Internal Sanitizer Error' "$log" | tail -2 | tr '\n' ' ')"
     fi
   done
 fi

@@ -2,7 +2,7 @@
 (not a pytest module); benchmarks/gpu_session.sh runs it under each tool:
 
     compute-sanitizer --tool memcheck  python tests/cuda_sanitize.py
-    compute-sanitizer --tool racecheck python tests/cuda_sanitize.py
+    compute-sanitizer --tool racecheck --kernel-name kns=_forward_kernel python tests/cuda_sanitize.py
 """
 
 import os
