@@ -4,20 +4,24 @@
 #
 # One device command may run 600 s and a session has about 15 device-minutes in all
 # (machine start included), and a machine left idle goes back after ~30 s, so a second
-# call starts bare and builds again (~50 s). The default (build, smoke, tests) fits one
-# call; run sanitize and bench_cuda as calls of their own, each with build first:
-#   bash benchmarks/gpu_session.sh                                   # build smoke tests (560 s at most)
-#   STAGES="build sanitize" bash benchmarks/gpu_session.sh           # compute-sanitizer (570 s at most)
+# call starts bare and builds again (~55 s on an H200 machine). Measured there
+# (2026-11-27): build 54 s, smoke of five paths in parallel < 90 s, tests on five paths
+# under pytest-xdist 42 s. Suggested calls, each with build first:
+#   bash benchmarks/gpu_session.sh                                   # build smoke tests (about 3 min)
+#   STAGES="build sanitize" bash benchmarks/gpu_session.sh           # compute-sanitizer (590 s at most)
 #   STAGES="build bench_cuda" bash benchmarks/gpu_session.sh         # the issue-10 table (580 s at most)
+#   STAGES="build race_probe" bash benchmarks/gpu_session.sh         # the racecheck question (RESULTS.md)
 #   STAGES="build smoke" PATHS="throughput" bash benchmarks/gpu_session.sh
-# STAGES=all runs everything but bench_loop in one call: for one or two paths (PATHS=...)
-# it fits a 600-s command, for all four it does not.
+# STAGES=all (build smoke tests sanitize bench_cuda) does not fit one 600-s command.
 # Stages (STAGES, spaces or commas, run in this order):
 #   build       editable build from source
-#   smoke       each path in PATHS on its own against the float64 reference, stopping at
-#               its first failure; the later stages run only the paths that passed
+#   smoke       each path in PATHS against the float64 reference, all paths at once, each
+#               stopping at its first failure; the later stages run only the paths that passed
 #   tests       tests/test_cuda.py on those paths
-#   sanitize    compute-sanitizer memcheck, racecheck, synccheck over every kernel
+#   sanitize    compute-sanitizer over tests/cuda_sanitize.py (not `auto`, which only runs
+#               the other paths' kernels): memcheck and synccheck together, then racecheck
+#               alone, each on our kernels only (kernel-name filter), forward and backward
+#   race_probe  racecheck on the two configurations where it stopped, per kernel filter
 #   bench_cuda  benchmarks/bench_cuda.py: every path against cuDNN on issue 10's grid
 #   bench_loop  benchmarks/run.py: the TBPTT loop against torch.nn
 # QUICK=1: small grids in the benchmarks.
@@ -30,19 +34,25 @@ mkdir -p "$OUT"
 export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 STAGES=" $(echo "${STAGES:-build smoke tests}" | tr ',' ' ') "
 STAGES="${STAGES/ all / build smoke tests sanitize bench_cuda }"
+for stage in $STAGES; do
+  case "$stage" in build|smoke|tests|sanitize|race_probe|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
+done
 read -r -a PATH_LIST <<< "$(echo "${PATHS:-auto persistent latency throughput stepwise}" | tr ',' ' ')"
 want() { [[ "$STAGES" == *" $1 "* ]]; }
-# The device tool brings back at most 8 files from $OUT: more are packed into one archive
-# when the script ends (a run killed from outside leaves them as they are).
+# The device tool brings back at most 8 files from $OUT: when the script ends, the files
+# it wrote there are packed into one archive if they are more (a run killed from outside
+# leaves them as they are). Only files this run created are packed and removed.
+STARTED_AT=$(mktemp)
 pack_logs() {
-  if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
-    tar -czf /tmp/tbptt_gpu_logs.tar.gz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/tbptt_gpu_logs.tar.gz "$OUT/logs.tar.gz"
+  local list archive
+  list=$(mktemp); archive=$(mktemp --suffix=.tar.gz)
+  find "$OUT" -type f -newer "$STARTED_AT" ! -name logs.tar.gz -printf '%P\n' > "$list"
+  if [ "$(wc -l < "$list")" -gt 8 ]; then
+    tar -czf "$archive" -C "$OUT" -T "$list" && (cd "$OUT" && xargs -d '\n' rm -f < "$list") && mv "$archive" "$OUT/logs.tar.gz"
   fi
+  rm -f "$list" "$archive" "$STARTED_AT"
 }
 trap pack_logs EXIT
-for stage in $STAGES; do
-  case "$stage" in build|smoke|tests|sanitize|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
-done
 # pytest-timeout, where installed, names a test that hangs (e.g. at a barrier).
 PYTEST_TIMEOUT=()
 python3 -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT=(--timeout 90 --timeout-method=thread)
@@ -83,26 +93,49 @@ if want tests; then
   limit 200 python3 -m pytest -q "${XDIST[@]}" "${PYTEST_TIMEOUT[@]}" tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -25
 fi
 
+sanitize_run() {  # tool, kernel-name filter (empty: every kernel), log file, seconds
+  local filter=(); [ -n "$2" ] && filter=(--kernel-name "kns=$2")
+  (cd tests && limit "$4" compute-sanitizer --tool "$1" "${filter[@]}" --error-exitcode 9 \
+     python3 cuda_sanitize.py > "$3" 2>&1; echo "exit $?" >> "$3")
+}
+sanitize_report() {  # tool, filter, log file
+  if grep -q "Device not supported" "$3"; then
+    echo "$1 $2: compute-sanitizer does not support this device here (not a kernel error)"
+  else
+    local ran; ran=$(grep -q "ran every kernel" "$3" && echo "every kernel ran" || echo "did NOT finish")
+    echo "$1 $2: $(tail -1 "$3"), $ran; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|Internal Sanitizer Error' "$3" | tail -2 | tr '\n' ' ')"
+  fi
+}
 if want sanitize; then
-  echo "== compute-sanitizer on $PATHS_CSV"
-  # memcheck over everything; racecheck and synccheck only on our kernels (unfiltered,
-  # racecheck reported hazards inside cuBLAS's own nvjet GEMM kernels and ran past 200 s),
-  # forward and backward kernels in two runs. All five runs at once, each in its own limit.
-  runs=("memcheck:" "racecheck:_forward_kernel" "racecheck:_backward_kernel" "synccheck:_forward_kernel"
-        "synccheck:_backward_kernel")
-  for run in "${runs[@]}"; do
-    tool=${run%%:*}; kernels=${run#*:}; filter=(); [ -n "$kernels" ] && filter=(--kernel-name "kns=$kernels")
-    (cd tests && limit 170 compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 9 python3 cuda_sanitize.py) \
-      > "$OUT/sanitize_$tool$kernels.log" 2>&1 &
-  done
+  SANITIZE_PATHS=$(echo "$PATHS_CSV" | tr ',' '\n' | grep -vx auto | paste -sd, -)
+  echo "== compute-sanitizer on ${SANITIZE_PATHS:-no path}"
+  export TBPTT_EXT_TEST_CUDA_PATHS="$SANITIZE_PATHS"
+  # memcheck over every kernel (cuBLAS's too) and synccheck on ours, at once; then racecheck
+  # alone on ours (unfiltered it reported hazards inside cuBLAS's own nvjet GEMM kernels
+  # and ran past 200 s), forward and backward kernels in turn.
+  sanitize_run memcheck "" "$OUT/sanitize_memcheck.log" 200 &
+  sanitize_run synccheck _kernel "$OUT/sanitize_synccheck.log" 200 &
   wait
-  for run in "${runs[@]}"; do
-    tool=${run%%:*}; kernels=${run#*:}; log="$OUT/sanitize_$tool$kernels.log"
-    if grep -q "Device not supported" "$log"; then
-      echo "$tool $kernels: compute-sanitizer does not support this device here (not a kernel error)"
-    else
-      echo "$tool $kernels: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|Internal Sanitizer Error' "$log" | tail -2 | tr '\n' ' ')"
-    fi
+  sanitize_run racecheck _forward_kernel "$OUT/sanitize_racecheck_forward.log" 150
+  sanitize_run racecheck _backward_kernel "$OUT/sanitize_racecheck_backward.log" 150
+  sanitize_report memcheck "(all kernels)" "$OUT/sanitize_memcheck.log"
+  sanitize_report synccheck _kernel "$OUT/sanitize_synccheck.log"
+  sanitize_report racecheck _forward_kernel "$OUT/sanitize_racecheck_forward.log"
+  sanitize_report racecheck _backward_kernel "$OUT/sanitize_racecheck_backward.log"
+  export TBPTT_EXT_TEST_CUDA_PATHS="$PATHS_CSV"
+fi
+
+if want race_probe; then
+  echo "== racecheck probe: T=3 B=18 I=8 H=300, launches blocking, one configuration at a time"
+  for config in latency:lstm:tanh:bfloat16 throughput:rnn:tanh:float32 stepwise:lstm:tanh:bfloat16; do
+    IFS=: read -r path cell activation dtype <<< "$config"
+    for filter in _forward_kernel _backward_kernel no_such_kernel; do
+      log="$OUT/race_probe.log"
+      echo "== $path $cell $dtype, kernels '$filter'" >> "$log"
+      TBPTT_EXT_CUDA_PATH=$path CUDA_LAUNCH_BLOCKING=1 limit 60 compute-sanitizer --tool racecheck \
+        --kernel-name "kns=$filter" python3 tests/cuda_race_probe.py "$cell" "$activation" "$dtype" >> "$log" 2>&1
+      echo "$path $cell $dtype, kernels '$filter': exit $? - $(tail -30 "$log" | grep -E '^OK|Internal Sanitizer|RuntimeError' | head -2 | tr '\n' ' ')"
+    done
   done
 fi
 

@@ -313,13 +313,16 @@ cudaError_t launch_persistent(Kernel smem_kernel, Kernel global_kernel, void* pa
   size_t smem = static_cast<size_t>(units * rows_per_unit * row_elems) * elem_size;
   Kernel kernel = global_kernel;
   if (smem <= static_cast<size_t>(smem_optin)) {
-    if (cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) ==
-        cudaSuccess) {
-      int active = 0;
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&active, smem_kernel, kThreads, smem);
-      if (static_cast<int64_t>(active) * sms >= blocks) kernel = smem_kernel;
+    int active = 0;
+    const bool refused =
+        cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&active, smem_kernel, kThreads, smem) != cudaSuccess;
+    if (refused) {
+      cudaGetLastError();  // clear our refused call (only then: a pending error of other work stays)
+    } else if (static_cast<int64_t>(active) * sms >= blocks) {
+      kernel = smem_kernel;
     }
-    cudaGetLastError();  // clear a refused attribute; the global-memory kernel runs instead
   }
   if (kernel == global_kernel) smem = 0;
   void* args[] = {params, &units};

@@ -44,7 +44,7 @@ at::TensorOptions acc_options(const at::Tensor& t) {
 }
 
 // Which recurrence kernels run, from TBPTT_EXT_CUDA_PATH (read at every call):
-//   auto (default)    chosen per call from the cell, B, H and dtype (auto_path below).
+//   auto (default)    chosen per call from the cell, B, H and dtype (resolve_path below).
 //   persistent        the v1 persistent kernels (chunk_kernels.cuh): one cooperative
 //                     launch each way, a grid barrier per step.
 //   latency           one block per batch row (block_kernels.cuh); persistent where its
