@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_session.sh                                   # build smoke tests (about 3 min)
 #   STAGES="build sanitize" bash benchmarks/gpu_session.sh           # compute-sanitizer (590 s at most)
 #   STAGES="build bench_cuda" bash benchmarks/gpu_session.sh         # the issue-10 table (580 s at most)
-#   STAGES="build race_probe" bash benchmarks/gpu_session.sh         # the racecheck question (RESULTS.md)
+#   STAGES="build race_probe memory" bash benchmarks/gpu_session.sh  # the racecheck and memory questions
 #   STAGES="build smoke" PATHS="throughput" bash benchmarks/gpu_session.sh
 # STAGES=all (build smoke tests sanitize bench_cuda) does not fit one 600-s command.
 # Stages (STAGES, spaces or commas, run in this order):
@@ -22,6 +22,8 @@
 #               the other paths' kernels): memcheck and synccheck together, then racecheck
 #               alone, each on our kernels only (kernel-name filter), forward and backward
 #   race_probe  racecheck on the two configurations where it stopped, per kernel filter
+#   memory      benchmarks/cuda_memory_probe.py: the blocks alive at the peak of one chunk
+#               (LSTM and GRU bf16 B=512 H=256, cuDNN and tbptt_ext)
 #   bench_cuda  benchmarks/bench_cuda.py: every path against cuDNN on issue 10's grid
 #   bench_loop  benchmarks/run.py: the TBPTT loop against torch.nn
 # QUICK=1: small grids in the benchmarks.
@@ -35,7 +37,7 @@ export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1 OMP_
 STAGES=" $(echo "${STAGES:-build smoke tests}" | tr ',' ' ') "
 STAGES="${STAGES/ all / build smoke tests sanitize bench_cuda }"
 for stage in $STAGES; do
-  case "$stage" in build|smoke|tests|sanitize|race_probe|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
+  case "$stage" in build|smoke|tests|sanitize|race_probe|memory|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
 done
 read -r -a PATH_LIST <<< "$(echo "${PATHS:-auto persistent latency throughput stepwise}" | tr ',' ' ')"
 want() { [[ "$STAGES" == *" $1 "* ]]; }
@@ -136,6 +138,14 @@ if want race_probe; then
         --kernel-name "kns=$filter" python3 tests/cuda_race_probe.py "$cell" "$activation" "$dtype" >> "$log" 2>&1
       echo "$path $cell $dtype, kernels '$filter': exit $? - $(tail -30 "$log" | grep -E '^OK|Internal Sanitizer|RuntimeError' | head -2 | tr '\n' ' ')"
     done
+  done
+fi
+
+if want memory; then
+  echo "== peak memory of one chunk: the blocks alive at the peak"
+  for cell in LSTM GRU; do
+    limit 150 python3 benchmarks/cuda_memory_probe.py --cell "$cell" > "$OUT/memory_$cell.log" 2>&1
+    echo "$cell: exit $?"; cat "$OUT/memory_$cell.log"
   done
 fi
 

@@ -72,3 +72,33 @@ def test_bench_cuda_runs_on_cpu_tiny_grid(tmp_path):
         assert tbptt["speedup"] > 0 and tbptt["fwd_speedup"] > 0
         assert all(math.isfinite(v) for v in tbptt["error_ratios"]["default"].values())
     assert (tmp_path / "results.md").stat().st_size > 0
+
+
+def test_cuda_memory_probe_replays_the_allocator_trace_to_its_peak():
+    """benchmarks/cuda_memory_probe.py's replay (the GPU part needs a GPU): blocks alive when
+    the allocated bytes peak, freed blocks left out, a free of an unknown block ignored."""
+    sys.path.insert(0, str(BENCH))
+    from cuda_memory_probe import describe_frames, peak_live_blocks
+
+    mib = 2**20
+    events = [
+        dict(action="alloc", addr=1, size=4 * mib, frames=[dict(name="at::native::mm", filename="??", line=0)]),
+        dict(action="alloc", addr=2, size=10 * mib),
+        dict(action="free_requested", addr=1, size=4 * mib),
+        dict(action="free_completed", addr=1, size=4 * mib),  # the same free again: no effect
+        dict(action="alloc", addr=3, size=3 * mib),  # 13 MiB: below the first peak of 14 MiB
+        dict(action="segment_alloc", addr=9, size=64 * mib),  # not a block: ignored
+        dict(action="free_requested", addr=42, size=1),  # never allocated during the trace: ignored
+        dict(action="alloc", addr=4, size=2 * mib),  # 15 MiB: the peak
+        dict(action="free_requested", addr=2, size=10 * mib),
+    ]
+    peak, blocks = peak_live_blocks(events)
+    assert peak == 15 * mib
+    assert [b["addr"] for b in blocks] == [2, 3, 4]
+    assert peak_live_blocks([]) == (0, [])
+    frames = [dict(name="f", filename="/x/site-packages/torch/nn/modules/module.py", line=3),
+              dict(name="forward", filename="/w/tbptt_ext/modules.py", line=7),
+              dict(name="tbptt::chunk_forward<...>(x)", filename="??", line=0),
+              dict(name="PyEval", filename="??", line=0)]
+    assert describe_frames(frames) == "module.py:3 f <- modules.py:7 forward <- tbptt::chunk_forward<...>"
+    assert describe_frames([]) == "(no frame recorded)"
