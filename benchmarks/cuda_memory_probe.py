@@ -49,18 +49,27 @@ def peak_live_blocks(events: list[dict]) -> tuple[int, list[dict]]:
     return peak, sorted(at_peak, key=lambda e: e["size"], reverse=True)
 
 
-def describe_frames(frames: list[dict], limit: int = 4) -> str:
-    """The frames worth reading: this package's and the benchmark's Python lines, torch's
-    Python API lines, and C++ ATen/tbptt op names, innermost first."""
-    picked = []
+def describe_frames(frames: list[dict], python_frames: int = 2) -> str:
+    """What allocated a block, from its frames (innermost first): the ATen op that allocated
+    it (innermost at::_ops name) and the outermost distinct one when different, the
+    innermost tbptt C++ function, and the innermost Python lines of this package or the
+    benchmarks (torch's own Python frames only when there is none of those)."""
+    ops, cpp, ours, torch_py = [], None, [], []
     for frame in frames:
         name, filename = frame.get("name", ""), frame.get("filename", "")
-        if filename.endswith(".py") and ("tbptt_ext" in filename or "benchmarks" in filename or "/torch/" in filename):
-            picked.append(f"{Path(filename).name}:{frame.get('line')} {name}")
-        elif "tbptt" in name or name.startswith("at::native::") or name.startswith("at::_ops::"):
-            picked.append(name.split("(")[0])
-        if len(picked) == limit:
-            break
+        if filename.endswith(".py"):
+            line = f"{Path(filename).name}:{frame.get('line')} {name}"
+            if "tbptt_ext" in filename or "benchmarks" in filename:
+                ours.append(line)
+            elif "/torch/" in filename:
+                torch_py.append(line)
+        elif name.startswith("at::_ops::"):
+            op = name.split("(")[0].rsplit("::", 1)[0]  # at::_ops::mm::call -> at::_ops::mm
+            if op not in ops:
+                ops.append(op)
+        elif cpp is None and name.startswith("tbptt::"):
+            cpp = name.split("(")[0]
+    picked = ops[:1] + ops[-1:] * (len(ops) > 1) + [cpp] * (cpp is not None) + (ours or torch_py)[:python_frames]
     return " <- ".join(picked) or "(no frame recorded)"
 
 

@@ -96,9 +96,21 @@ def test_cuda_memory_probe_replays_the_allocator_trace_to_its_peak():
     assert peak == 15 * mib
     assert [b["addr"] for b in blocks] == [2, 3, 4]
     assert peak_live_blocks([]) == (0, [])
-    frames = [dict(name="f", filename="/x/site-packages/torch/nn/modules/module.py", line=3),
-              dict(name="forward", filename="/w/tbptt_ext/modules.py", line=7),
-              dict(name="tbptt::chunk_forward<...>(x)", filename="??", line=0),
+    # innermost first, as the allocator records them
+    frames = [dict(name="at::native::empty_cuda(c10::ArrayRef<long>)", filename="??", line=0),
+              dict(name="at::_ops::empty_memory_format::redispatch(x)", filename="??", line=0),
+              dict(name="at::_ops::empty_memory_format::call(x)", filename="??", line=0),
+              dict(name="tbptt::chunk_forward<tbptt::LSTMCell>(x)", filename="??", line=0),
+              dict(name="tbptt::ChunkOps<tbptt::cuda::CudaBackend>::lstm_forward(y)", filename="??", line=0),
+              dict(name="at::_ops::lstm_chunk_forward::call(z)", filename="??", line=0),
+              dict(name="apply", filename="/x/site-packages/torch/autograd/function.py", line=9),
+              dict(name="forward", filename="/w/tbptt_ext/functions.py", line=64),
+              dict(name="forward", filename="/w/tbptt_ext/modules.py", line=230),
+              dict(name="forward_backward", filename="/w/benchmarks/bench_cuda.py", line=246),
               dict(name="PyEval", filename="??", line=0)]
-    assert describe_frames(frames) == "module.py:3 f <- modules.py:7 forward <- tbptt::chunk_forward<...>"
+    assert describe_frames(frames) == ("at::_ops::empty_memory_format <- at::_ops::lstm_chunk_forward <- "
+                                       "tbptt::chunk_forward<tbptt::LSTMCell> <- functions.py:64 forward <- "
+                                       "modules.py:230 forward")
+    torch_only = [dict(name="f", filename="/x/site-packages/torch/nn/modules/module.py", line=3)]
+    assert describe_frames(torch_only) == "module.py:3 f"
     assert describe_frames([]) == "(no frame recorded)"
