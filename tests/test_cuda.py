@@ -223,16 +223,21 @@ def test_compile_on_gpu():
     torch.testing.assert_close(loss, model(x)[0].square().sum())
 
 
+def with_cuda_kernel_names(run):
+    """(run()'s result, the names of the CUDA kernels it launched), by torch.profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = run()
+        torch.cuda.synchronize()
+    return result, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def test_one_recurrence_launch_per_chunk_each_way(cuda_path):
     """The persistent paths run a chunk in one launch each way; the stepwise path one
     pointwise launch per step (and a GEMM)."""
     model = tbptt_ext.GRU(64, 64, device=DEVICE, backend="fused")
     x = torch.randn(50, 8, 64, device=DEVICE)
     model(x)[0].sum().backward()  # warm-up
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        model(x)[0].sum().backward()
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    _, names = with_cuda_kernel_names(lambda: model(x)[0].sum().backward())
     # chunk_* (persistent), block_* (latency), tile_* (throughput), step_* (stepwise) kernels
     launches = 50 if cuda_path == "stepwise" else 1
     assert sum("_forward_kernel" in n for n in names) == launches, names
@@ -261,11 +266,8 @@ def test_auto_path_follows_the_measured_rule(cuda_path, cell, B, H, dtype, expec
         pytest.skip("the rule of the auto path")
     args64 = forward_args(cell, 3, B, 16, H, torch.float64, seed=B + H, reset_kind="random")
     args = to_device(args64, dtype)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out, grads = fwd_bwd(ops, cell, False, args, False)
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-             and ("_forward_kernel" in e.name or "_backward_kernel" in e.name)]
+    (out, grads), names = with_cuda_kernel_names(lambda: fwd_bwd(ops, cell, False, args, False))
+    names = [n for n in names if "_forward_kernel" in n or "_backward_kernel" in n]
     assert names and all(expected in n for n in names), names
     assert any("_forward_kernel" in n for n in names) and any("_backward_kernel" in n for n in names), names
     truth = fwd_bwd(reference, cell, False, to_device(args, torch.float64, "cpu"), False)
