@@ -27,6 +27,37 @@ def find_cuda_home():
     return None
 
 
+# What csrc/cuda/cuda_ops.cpp includes for cuBLAS (through ATen/cuda/CUDAContext.h).
+CUBLAS_HEADERS = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+
+
+def find_cublas(cuda_home, cuda_major):
+    """(compile flags, link flags) for cuBLAS, which the CUDA backend calls directly
+    (csrc/cuda/cuda_ops.cpp), or None. Headers: CUDA_HOME's, else those of the NVIDIA
+    pip packages torch's CUDA build installs (nvidia/<name>/include), searched after every
+    other include directory so that CUDA_HOME's runtime headers stay in front. Library:
+    CUDA_HOME's libcublas.so, else the pip package's libcublas.so.<torch's CUDA major>
+    (the one torch loads, so that one copy of cuBLAS serves both)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    pip_roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
+    pip_includes = sorted(d for root in pip_roots for d in glob.glob(os.path.join(root, "*", "include")))
+    compile_flags = [flag for d in pip_includes for flag in ("-idirafter", d)]
+    headers = [os.path.join(cuda_home, "include")] + pip_includes
+    if not all(any(os.path.exists(os.path.join(d, h)) for d in headers) for h in CUBLAS_HEADERS):
+        return None
+    for lib_dir in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib")):
+        if os.path.exists(os.path.join(lib_dir, "libcublas.so")):
+            return compile_flags, [f"-L{lib_dir}", "-lcublas"]
+    for root in pip_roots:
+        libs = sorted(glob.glob(os.path.join(root, "*", "lib", f"libcublas.so.{cuda_major}")))
+        if libs:
+            lib_dir, name = os.path.split(libs[0])
+            return compile_flags, [f"-L{lib_dir}", f"-l:{name}", f"-Wl,-rpath,{lib_dir}"]
+    return None
+
+
 def want_cuda():
     import torch
 
@@ -34,22 +65,29 @@ def want_cuda():
     if flag not in ("", "0", "1"):
         sys.exit(f"TBPTT_EXT_BUILD_CUDA must be 0, 1 or unset, got {flag!r}")
     if flag == "0":
-        return False, None
+        return False, None, None
     cuda_home = find_cuda_home()
     reasons = []
     if torch.version.cuda is None:
         reasons.append(f"the installed torch {torch.__version__} is not a CUDA build")
     if cuda_home is None:
         reasons.append("nvcc was not found (set CUDA_HOME, or install it at /usr/local/cuda or on PATH)")
+    cublas = None
+    if cuda_home and torch.version.cuda:
+        cublas = find_cublas(cuda_home, torch.version.cuda.split(".")[0])
+        if cublas is None:
+            reasons.append(f"cuBLAS was not found ({', '.join(CUBLAS_HEADERS)} and libcublas in {cuda_home} "
+                           f"or in torch's nvidia packages)")
     if reasons:
         if flag == "1":
             sys.exit("TBPTT_EXT_BUILD_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(reasons))
-        return False, None
-    return True, cuda_home
+        print("tbptt_ext: not building the CUDA kernels: " + "; ".join(reasons), flush=True)
+        return False, None, None
+    return True, cuda_home, cublas
 
 
 def extensions():
-    use_cuda, cuda_home = want_cuda()
+    use_cuda, cuda_home, cublas = want_cuda()
     if use_cuda:
         # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
         os.environ["CUDA_HOME"] = cuda_home
@@ -86,8 +124,8 @@ def extensions():
         CUDAExtension(
             "tbptt_ext._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-            extra_link_args=link_flags,
+            extra_compile_args={"cxx": cxx_flags + cublas[0], "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=link_flags + cublas[1],
         )
     ]
 

@@ -55,9 +55,21 @@ struct BackwardTensors : ChunkTensors {
   at::Tensor grad_h;      // [T, B, P] dL/dh_t, with a projection (for dW_hr)
 };
 
+// The chunk's products outside the recurrence (input projection, weight and input
+// gradients) and the bias gradients' column sums, as ATen computes them. A backend
+// derives from this or provides the same three functions (the CUDA backend: cuBLAS
+// under the precision policy of torch.nn's cuDNN RNNs).
+struct AtenGemms {
+  static at::Tensor mm(const at::Tensor& a, const at::Tensor& b) { return at::mm(a, b); }
+  static void addmm_(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) { c.addmm_(a, b); }
+  // [R, N] -> [N]: the sum of the rows
+  static at::Tensor column_sum(const at::Tensor& x) { return x.sum(0); }
+};
+
 // x W_ih^T of every step of the chunk, one GEMM: [T, B, G*H].
-inline at::Tensor input_projection(const ChunkTensors& t) {
-  return at::mm(t.input.view({t.T * t.B, t.I}), t.w_ih.t()).view({t.T, t.B, t.w_ih.size(0)});
+template <class Gemms = AtenGemms>
+at::Tensor input_projection(const ChunkTensors& t) {
+  return Gemms::mm(t.input.view({t.T * t.B, t.I}), t.w_ih.t()).view({t.T, t.B, t.w_ih.size(0)});
 }
 
 // Sets a parameter-struct pointer to a tensor's data (null for an undefined tensor).
@@ -224,16 +236,17 @@ struct BackwardResult {
 // sum over t of grad_hp_t^T h_{t-1} ([G*H, H]), h_{t-1} being the state that entered
 // time t: h0 where the direction starts, the output of the neighbouring step
 // elsewhere, zero where the row restarts.
-inline at::Tensor recurrent_weight_grad(const at::Tensor& grad_hp, const at::Tensor& output, const at::Tensor& h0,
+template <class Gemms>
+at::Tensor recurrent_weight_grad(const at::Tensor& grad_hp, const at::Tensor& output, const at::Tensor& h0,
                                         const at::Tensor& reset, bool reverse) {
   const int64_t T = output.size(0), B = output.size(1), H = output.size(2), GH = grad_hp.size(2);
   const at::Tensor first = reverse ? grad_hp.select(0, T - 1) : grad_hp.select(0, 0);
   if (!reset.defined()) {  // two GEMMs on views, no copy
-    at::Tensor grad_w = at::mm(first.t(), h0);
+    at::Tensor grad_w = Gemms::mm(first.t(), h0);
     if (T > 1) {
       const at::Tensor g = reverse ? grad_hp.slice(0, 0, T - 1) : grad_hp.slice(0, 1);
       const at::Tensor h = reverse ? output.slice(0, 1) : output.slice(0, 0, T - 1);
-      grad_w.addmm_(g.reshape({-1, GH}).t(), h.reshape({-1, H}));
+      Gemms::addmm_(grad_w, g.reshape({-1, GH}).t(), h.reshape({-1, H}));
     }
     return grad_w;
   }
@@ -243,7 +256,7 @@ inline at::Tensor recurrent_weight_grad(const at::Tensor& grad_hp, const at::Ten
   at::Tensor restarts = reset.to(at::kBool);
   if (reverse) restarts = at::cat({restarts.slice(0, 1), at::zeros({1, B}, restarts.options())});
   h_prev.masked_fill_(restarts.unsqueeze(2), 0);
-  return at::mm(grad_hp.reshape({-1, GH}).t(), h_prev.reshape({-1, H}));
+  return Gemms::mm(grad_hp.reshape({-1, GH}).t(), h_prev.reshape({-1, H}));
 }
 
 template <class Cell, class Backend>
@@ -301,17 +314,17 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   const at::Tensor grad_x2 = t.grad_xproj.view({TB, GH});
   r.grad_input = !input_needs_grad       ? at::empty({0}, opts)
                  : t.grad_input.defined() ? t.grad_input
-                                          : at::mm(grad_x2, t.w_ih).view({d.T, d.B, d.I});
+                                          : Backend::mm(grad_x2, t.w_ih).view({d.T, d.B, d.I});
   const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
-  r.grad_w_ih = at::mm(grad_x2.t(), t.input.view({TB, d.I}));
-  r.grad_b_ih = grad_x2.sum(0);
-  r.grad_w_hh = d.T > 0 ? recurrent_weight_grad(grad_hp, t.output, t.h0, t.reset, reverse)
+  r.grad_w_ih = Backend::mm(grad_x2.t(), t.input.view({TB, d.I}));
+  r.grad_b_ih = Backend::column_sum(grad_x2);
+  r.grad_w_hh = d.T > 0 ? recurrent_weight_grad<Backend>(grad_hp, t.output, t.h0, t.reset, reverse)
                         : at::zeros({GH, d.P}, opts);
   if (w_hr.defined()) {  // dW_hr = sum_t (dL/dh_t)^T r_t, r_t the last saved block (a strided view)
     const int64_t width = t.saved.size(2);
-    r.grad_w_hr = at::mm(t.grad_h.view({TB, d.P}).t(), t.saved.view({TB, width}).narrow(1, width - d.H, d.H));
+    r.grad_w_hr = Backend::mm(t.grad_h.view({TB, d.P}).t(), t.saved.view({TB, width}).narrow(1, width - d.H, d.H));
   }
-  r.grad_b_hh = Cell::kRecurrentBiasInside ? grad_hp.view({TB, GH}).sum(0) : r.grad_b_ih;
+  r.grad_b_hh = Cell::kRecurrentBiasInside ? Backend::column_sum(grad_hp.view({TB, GH})) : r.grad_b_ih;
   r.grad_h_norm = record_flow ? at::linalg_vector_norm(t.grad_h_record, 2, at::IntArrayRef{1, 2})
                               : at::empty({0}, acc_opts);
   return r;

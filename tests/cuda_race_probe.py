@@ -2,10 +2,11 @@
 (not a pytest module). benchmarks/gpu_session.sh's race_probe stage runs it under
 racecheck with each kernel filter, CUDA_LAUNCH_BLOCKING=1 and nothing else on the GPU:
 on an H200 (2026-11-27) racecheck stopped with "Internal Sanitizer Error: The Sanitizer
-failed to handle a hardware exception" at these shapes (T=3, B=18, I=8, H=300), also
-where our kernel of that op was not instrumented. With launches blocking, the error
-surfaces at the call whose kernel faulted: "CUBLAS_..." means cuBLAS, "chunk ... launch
-failed" ours; a failure with no kernel instrumented (filter no_such_kernel) means the tool.
+failed to handle a hardware exception" at these shapes (T=3, B=18, I=8, H=300) in
+bfloat16 and float32 even with no kernel instrumented (filter no_such_kernel), at the
+chunk's first cuBLAS product, before any of our kernels ran: the tool around cuBLAS's
+Hopper GEMM kernels. In float64 (no such GEMM kernels) racecheck on our kernels (filter
+tbptt) completed on every path with 0 hazards.
 
     python tests/cuda_race_probe.py lstm tanh bfloat16     (TBPTT_EXT_CUDA_PATH picks the path)
 """

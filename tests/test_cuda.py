@@ -290,21 +290,41 @@ def test_large_hidden_size_matches_float64(cell, relu):
         torch.testing.assert_close(a.double().cpu(), b, rtol=1e-4, atol=1e-4, msg=lambda m: f"output {i}: {m}")
 
 
-def test_tf32_policy_follows_the_cudnn_flag(cuda_path):
-    """fp32 recurrent products: TF32 on the throughput path when torch.backends.cudnn.allow_tf32
-    (its on-chip tiles at this size), exact fp32 otherwise and on the other paths."""
-    args64 = forward_args("lstm", 10, 8, 32, 256, torch.float64, seed=2)
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0),
+                    reason="TF32 needs compute capability 8.0")
+@pytest.mark.skipif(os.environ.get("NVIDIA_TF32_OVERRIDE") == "0", reason="NVIDIA_TF32_OVERRIDE=0 disables TF32")
+@pytest.mark.parametrize("matmul_tf32", [False, True])
+@pytest.mark.parametrize("B,H", [(8, 256), (4, 640)])
+def test_tf32_policy_follows_the_cudnn_flag(cuda_path, B, H, matmul_tf32):
+    """fp32 products follow torch.backends.cudnn.allow_tf32, as torch.nn's cuDNN RNNs do,
+    whatever torch.backends.cuda.matmul.allow_tf32 says; exact fp32 when the flag is off.
+    The recurrent products run TF32 on the throughput and stepwise paths, judged on the
+    output (forward) and on grad_h0 (the backward's carry through W_hh), each on its own;
+    the products around the recurrence on every path, judged on dW_ih where the
+    recurrence is exact (persistent, latency; auto at H = 256). The input and W_ih are
+    put on the bfloat16 grid, so that the input projection is exact even in TF32 and the
+    output shows the recurrence alone. H = 640: LSTM W_hh of 6.25 MiB fits no on-chip
+    tiling, so the throughput path runs the stepwise path's products there, and auto
+    picks stepwise."""
+    args64 = forward_args("lstm", 10, B, 32, H, torch.float64, seed=2)
+    args64[0], args64[1] = args64[0].bfloat16().double(), args64[1].bfloat16().double()
     truth = fwd_bwd(reference, "lstm", False, args64, False)
-    errors = {}
+    forward, carry, around = {}, {}, {}
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     for flag in (False, True):
         torch.backends.cudnn.allow_tf32 = flag
         out, grads = fwd_bwd(ops, "lstm", False, to_device(args64, torch.float32), False)
-        errors[flag] = max(relative_error(out[0], truth[0][0]), relative_error(grads[0], truth[1][0]))
-    assert errors[False] < 1e-5, errors
-    if cuda_path == "throughput":
-        assert 10 * errors[False] < errors[True] < 1e-2, errors
+        forward[flag] = relative_error(out[0], truth[0][0])
+        carry[flag] = relative_error(grads[1], truth[1][1])
+        around[flag] = relative_error(grads[3], truth[1][3])
+    errors = dict(forward=forward, carry=carry, around=around)
+    assert all(e[False] < 1e-5 for e in errors.values()), errors
+    assert 10 * around[False] < around[True] < 1e-2, errors
+    if cuda_path in ("throughput", "stepwise") or (cuda_path == "auto" and H == 640):
+        for e in (forward, carry):
+            assert 10 * e[False] < e[True] < 1e-2, errors
     else:
-        assert errors[True] == errors[False], errors
+        assert forward[True] < 1e-5 and carry[True] < 1e-5, errors
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -322,7 +322,7 @@ void backward_chunk(BackwardTensors& t) {
             }));
 }
 
-struct CpuBackend {
+struct CpuBackend : AtenGemms {
   static void check_supported(const char* op, const at::Tensor& input) {
     TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
                 ": the CPU kernels support float32 and float64, got ", input.scalar_type(),

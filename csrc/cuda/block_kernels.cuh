@@ -13,8 +13,9 @@
 // carried gradient from shared memory, grad_hp to shared memory; (2) the carry
 // carry[k] (+)= sum_n grad_hp[n] W_hh[n, k] per unit k (W_hh row-major in shared memory).
 //
-// NOT YET RUN ON A GPU: written and compiled without one. Opt-in with
-// TBPTT_EXT_CUDA_PATH=latency until it is verified (tests/test_cuda.py runs both paths).
+// Verified on an H200 (tests/test_cuda.py, compute-sanitizer memcheck, synccheck and
+// racecheck in float64; benchmarks/RESULTS.md). Opt-in with TBPTT_EXT_CUDA_PATH=latency:
+// `auto` does not pick it (ahead of the persistent kernels only within the spread).
 #pragma once
 
 #include "chunk_kernels.cuh"

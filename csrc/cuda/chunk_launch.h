@@ -22,7 +22,7 @@ struct CudaForwardParams : ForwardParams<Scalar> {
   Acc* pre = nullptr;              // scratch [B, G*H]: h_{t-1} W_hh^T of the current step
   Acc* h_state = nullptr;        // scratch [B, H]: h_{t-1} in Acc precision
   Acc* c_state = nullptr;        // scratch [B, H]: c_{t-1}, cells with a cell state
-  bool tf32 = false;             // fp32 recurrent products may run as TF32 (throughput path)
+  bool tf32 = false;             // fp32 recurrent products may run as TF32 (throughput, stepwise)
   unsigned* barrier = nullptr;   // scratch [B]: the throughput path's per-row-tile barrier counters
 };
 
@@ -34,7 +34,7 @@ struct CudaBackwardParams : BackwardParams<Scalar, Acc> {
   Acc* carry_h = nullptr;          // scratch [B, H]: dL/dh flowing to the previous step
   Acc* carry_c = nullptr;          // scratch [B, H]: dL/dc flowing to the previous step
   Scalar* delta_op = nullptr;      // scratch [2, B, G*H]: grad_hp by step parity, input dtype (throughput path)
-  bool tf32 = false;               // fp32 recurrent products may run as TF32 (throughput path)
+  bool tf32 = false;               // fp32 recurrent products may run as TF32 (throughput, stepwise)
   unsigned* barrier = nullptr;     // scratch [B]: the throughput path's per-row-tile barrier counters
 };
 

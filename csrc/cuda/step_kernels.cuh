@@ -8,8 +8,9 @@
 // precision in scratch (h_state, c_state); the GEMM's left operand is the output in the
 // input dtype, as for the other paths.
 //
-// NOT YET RUN ON A GPU: written and compiled without one. Opt-in with
-// TBPTT_EXT_CUDA_PATH=stepwise (or throughput, where no tiling fits on chip).
+// Verified on an H200 (tests/test_cuda.py, compute-sanitizer memcheck, synccheck and
+// racecheck in float64; benchmarks/RESULTS.md). `auto` picks it where W_hh > 2 MiB and
+// the batch is not small; the throughput path runs it where no tiling fits on chip.
 #pragma once
 
 #include "chunk_kernels.cuh"
