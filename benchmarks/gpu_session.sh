@@ -28,10 +28,13 @@
 #               (LSTM and GRU bf16 B=512 H=256, cuDNN and tbptt_ext)
 #   race_probe  racecheck on the configurations where it stopped: first with no kernel
 #               instrumented (a failure there is the tool's: the other filters are skipped),
-#               then on our forward and on our backward kernels
+#               then on our forward and on our backward kernels; then on ours (filter tbptt)
+#               in float64 on each path, where no cuBLAS Hopper GEMM kernel runs (on an
+#               H200 racecheck failed inside those whatever was instrumented, 2026-11-27)
 #   bench_cuda  benchmarks/bench_cuda.py: every path against cuDNN on issue 10's grid
 #   bench_loop  benchmarks/run.py: the TBPTT loop against torch.nn
-# QUICK=1: small grids in the benchmarks.
+# QUICK=1: small grids in the benchmarks. BENCH_SHAPES (BxH list) and BENCH_PATHS narrow
+# bench_cuda to those shapes (20 repeats) and paths (default: those that passed).
 set -uo pipefail
 OUT="${OUT:-/tmp/tbptt_gpu}"
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: sanitize_run writes to it from tests/
@@ -172,12 +175,23 @@ if want race_probe; then
       fi
     done
   done
+  for config in latency:lstm persistent:lstm stepwise:lstm throughput:rnn; do  # in parallel
+    IFS=: read -r path cell <<< "$config"
+    (TBPTT_EXT_CUDA_PATH=$path CUDA_LAUNCH_BLOCKING=1 limit 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+       --kernel-name kns=tbptt python3 tests/cuda_race_probe.py "$cell" tanh float64 > "$OUT/race_f64_$path.log" 2>&1
+     echo "exit $?" >> "$OUT/race_f64_$path.log") &
+  done
+  wait
+  for path in latency persistent stepwise throughput; do
+    echo "$path float64, kernels 'tbptt': $(grep -E '^OK|Internal Sanitizer|RuntimeError|RACECHECK SUMMARY|^exit' "$OUT/race_f64_$path.log" | tr '\n' ' ')"
+  done
 fi
 
 if want bench_cuda; then
   echo "== CUDA paths against cuDNN: the issue-10 grid (forward + backward and forward alone, memory, accuracy)"
-  if [ -n "${QUICK:-}" ]; then grid=(--shapes 8x256,128x1024 --repeats 10); else grid=(--repeats 20); fi
-  limit 400 python3 benchmarks/bench_cuda.py --device cuda --paths "$PATHS_CSV" "${grid[@]}" \
+  if [ -n "${BENCH_SHAPES:-}" ]; then grid=(--shapes "$BENCH_SHAPES" --repeats 20)
+  elif [ -n "${QUICK:-}" ]; then grid=(--shapes 8x256,128x1024 --repeats 10); else grid=(--repeats 20); fi
+  limit 400 python3 benchmarks/bench_cuda.py --device cuda --paths "${BENCH_PATHS:-$PATHS_CSV}" "${grid[@]}" \
     --out "$OUT/bench_cuda" 2>&1 | tee "$OUT/bench_cuda.log" | tail -70
 fi
 
