@@ -175,14 +175,16 @@ if want race_probe; then
       fi
     done
   done
+  f64_paths=()
   for config in latency:lstm persistent:lstm stepwise:lstm throughput:rnn; do  # in parallel
     IFS=: read -r path cell <<< "$config"
+    f64_paths+=("$path")
     (TBPTT_EXT_CUDA_PATH=$path CUDA_LAUNCH_BLOCKING=1 limit 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
        --kernel-name kns=tbptt python3 tests/cuda_race_probe.py "$cell" tanh float64 > "$OUT/race_f64_$path.log" 2>&1
      echo "exit $?" >> "$OUT/race_f64_$path.log") &
   done
   wait
-  for path in latency persistent stepwise throughput; do
+  for path in "${f64_paths[@]}"; do
     echo "$path float64, kernels 'tbptt': $(grep -E '^OK|Internal Sanitizer|RuntimeError|RACECHECK SUMMARY|^exit' "$OUT/race_f64_$path.log" | tr '\n' ' ')"
   done
 fi

@@ -200,8 +200,9 @@ TransposedOperand transposed_operand(const at::Tensor& x) {
 // under the policy above (AtenGemms in csrc/chunk_ops.h is the interface). Half types
 // accumulate in fp32 and round once, as ATen's do.
 struct CudaGemms {
-  // c [M, N] contiguous = a [M, K] b [K, N] + beta c, in c's dtype.
-  static void gemm(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double beta) {
+  // c [M, N] contiguous = a [M, K] b [K, N] + beta c: a and b of one dtype, c in it or in
+  // Acc; TF32 for fp32 operands only where `tf32`.
+  static void gemm(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double beta, bool tf32) {
     const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
     if (M == 0 || N == 0) return;
     if (K == 0) {  // the empty sum
@@ -214,39 +215,32 @@ struct CudaGemms {
     if (!bt.data) bt = transposed_operand(b_copy);
     const cudaDataType_t type = cuda_data_type(a.scalar_type());
     // row-major c = a b  <=>  column-major c^T = b^T a^T
-    Cublas(a.scalar_type(), cudnn_tf32(a))
+    Cublas(a.scalar_type(), tf32)
         .gemm("a product around the recurrence", bt.op, at_.op, N, M, K, bt.data, type, bt.ld, at_.data, type, at_.ld,
-              beta, c.data_ptr(), type, N);
+              beta, c.data_ptr(), cuda_data_type(c.scalar_type()), N);
   }
   static at::Tensor mm(const at::Tensor& a, const at::Tensor& b) {
     at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options());
-    gemm(c, a, b, 0);
+    gemm(c, a, b, 0, cudnn_tf32(a));
     return c;
   }
   static void addmm_(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
     TORCH_CHECK(c.is_contiguous(), "tbptt_ext: addmm_ into a non-contiguous tensor");
-    gemm(c, a, b, 1);
+    gemm(c, a, b, 1, cudnn_tf32(a));
   }
-  // [R, N] with contiguous rows -> [N]: ones[R] x as a product with an Acc output (fp32
+  // [R, N] -> [N]: ones[R] x as a product with an Acc output (fp32
   // accumulation, fp64 for fp64; no TF32: a sum), rounded once to x's dtype, as ATen's
   // sum(0) does (an Acc output also keeps cuBLAS from reducing split-K partial sums in
   // the half type). ATen's column sum kept a block of 132 MiB alive at the backward's
   // peak for bf16 [25600, 1024] on an H200 (benchmarks/cuda_memory_probe.py), more than
-  // the chunk's activations; this needs the ones vector and the [N] output.
+  // the chunk's activations; this needs the ones vector and the [N] output. (The same
+  // cublasGemmEx call as before: m = N, n = 1, k = R, x's rows as the first operand.)
   static at::Tensor column_sum(const at::Tensor& x) {
     const int64_t R = x.size(0), N = x.size(1);
     if (R == 0 || N == 0) return at::zeros({N}, x.options());
-    const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    at::Tensor out = at::empty({N}, x.options().dtype(acc));
-    const at::Tensor rows = x.stride(1) == 1 && (R == 1 || x.stride(0) >= N) ? x : x.contiguous();
-    const int64_t ld = R == 1 ? N : rows.stride(0);
-    const at::Tensor ones = at::ones({R}, x.options());
-    // column-major out[N x 1] = rows^T [N x R] (stored as rows' memory) ones [R x 1]
-    const cudaDataType_t type = cuda_data_type(x.scalar_type());
-    Cublas(x.scalar_type(), false)
-        .gemm("a bias gradient", CUBLAS_OP_N, CUBLAS_OP_N, N, 1, R, rows.data_ptr(), type, ld, ones.data_ptr(), type, R,
-              0, out.data_ptr(), cuda_data_type(acc), N);
-    return out.to(x.scalar_type());
+    at::Tensor out = at::empty({1, N}, acc_options(x));
+    gemm(out, at::ones({1, R}, x.options()), x, 0, /*tf32=*/false);  // [1, R] x [R, N]
+    return out.view({N}).to(x.scalar_type());
   }
 };
 
