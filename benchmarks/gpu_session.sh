@@ -31,6 +31,8 @@
 #               then on our forward and on our backward kernels; then on ours (filter tbptt)
 #               in float64 on each path, where no cuBLAS Hopper GEMM kernel runs (on an
 #               H200 racecheck failed inside those whatever was instrumented, 2026-11-27)
+#   profile     benchmarks/cuda_profile.py: kernel by kernel and host against GPU time of one
+#               chunk, cuDNN and tbptt_ext (PROFILE_POINTS: CELL:DTYPE:BxH list; paths: BENCH_PATHS)
 #   bench_cuda  benchmarks/bench_cuda.py: every path against cuDNN on issue 10's grid
 #   bench_loop  benchmarks/run.py: the TBPTT loop against torch.nn
 # QUICK=1: small grids in the benchmarks. BENCH_SHAPES (BxH list) and BENCH_PATHS narrow
@@ -48,7 +50,7 @@ export MAX_JOBS="${MAX_JOBS:-16}" TBPTT_EXT_BUILD_CUDA=1 PYTHONUNBUFFERED=1 OMP_
 STAGES=" $(echo "${STAGES:-build smoke tests}" | tr ',' ' ') "
 STAGES="${STAGES/ all / build smoke tests sanitize bench_cuda }"
 for stage in $STAGES; do
-  case "$stage" in build|smoke|tests|sanitize|race_probe|memory|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
+  case "$stage" in build|smoke|tests|sanitize|race_probe|memory|profile|bench_cuda|bench_loop) ;; *) echo "unknown stage '$stage'"; exit 2;; esac
 done
 read -r -a PATH_LIST <<< "$(echo "${PATHS:-auto persistent latency throughput stepwise}" | tr ',' ' ')"
 want() { [[ "$STAGES" == *" $1 "* ]]; }
@@ -187,6 +189,12 @@ if want race_probe; then
   for path in "${f64_paths[@]}"; do
     echo "$path float64, kernels 'tbptt': $(grep -E '^OK|Internal Sanitizer|RuntimeError|RACECHECK SUMMARY|^exit' "$OUT/race_f64_$path.log" | tr '\n' ' ')"
   done
+fi
+
+if want profile; then
+  echo "== profile: where one chunk's time goes, cuDNN and tbptt_ext"
+  limit 120 python3 benchmarks/cuda_profile.py --paths "${BENCH_PATHS:-auto}" \
+    ${PROFILE_POINTS:+--points "$PROFILE_POINTS"} 2>&1 | tee "$OUT/profile.log" | tail -150
 fi
 
 if want bench_cuda; then

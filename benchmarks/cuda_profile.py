@@ -1,0 +1,116 @@
+"""Where one TBPTT chunk's time goes on a GPU: tbptt_ext against cuDNN, kernel by kernel.
+
+For each point (cell, dtype, B, H; I = H, k steps) and each implementation (torch.nn,
+then tbptt_ext on each CUDA path in --paths), one fwd+bwd as benchmarks/bench_cuda.py
+times it (same inputs), under torch.profiler for --iters iterations after a warm-up.
+Printed per implementation:
+
+  wall       host time of one iteration, synchronized at its end (ms)
+  GPU busy   union of the kernels' (and copies') intervals per iteration (ms): the rest
+             of the wall time the GPU waits for the host
+  kernels    the kernels by GPU time per iteration: launches, total and mean time
+
+    python benchmarks/cuda_profile.py --points RNN:float32:32x256,LSTM:float32:1x128 --paths auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cuda as bc  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", default="RNN:float32:1x128,RNN:float32:32x256,RNN:float32:512x256",
+                   help="comma list of CELL:DTYPE:BxH")
+    p.add_argument("--paths", default="auto", help="comma list of TBPTT_EXT_CUDA_PATH values")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--iters", type=int, default=5, help="profiled iterations (default: 5)")
+    p.add_argument("--top", type=int, default=8, help="kernels listed per implementation (default: 8)")
+    p.add_argument("--forward-only", action="store_true", help="profile the forward alone (no_grad)")
+    return p.parse_args(argv)
+
+
+def busy_ms(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (µs in, ms out)."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total / 1e3
+
+
+def short(name: str, width: int = 78) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def profile_one(module, inputs, run, iters: int):
+    for _ in range(5):
+        bc.clear_grads(module, inputs)
+        run(module, inputs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        for _ in range(iters):
+            bc.clear_grads(module, inputs)
+            run(module, inputs)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - started) * 1e3 / iters
+    kernels: dict[str, list[float]] = {}
+    intervals = []
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        start, end = evt.time_range.start, evt.time_range.end
+        intervals.append((start, end))
+        kernels.setdefault(evt.name, []).append(end - start)
+    return wall, busy_ms(intervals) / iters, kernels
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("cuda_profile.py needs a GPU")
+    device = torch.device("cuda")
+    paths = bc.split_list(args.paths)
+    run = (lambda m, i: bc.forward_only(m, i)) if args.forward_only else bc.forward_backward
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; k={args.k}, I=H, "
+          f"{'forward only' if args.forward_only else 'fwd+bwd'}, {args.iters} profiled iterations")
+    for spec in bc.split_list(args.points):
+        cell, dtype_name, shape = spec.split(":")
+        B, H = (int(v) for v in shape.lower().split("x"))
+        point = bc.Point(cell, dtype_name, B, H, args.k)
+        weights = bc.reference_weights(point, device)
+        inputs = bc.ChunkInputs.random(point, device, point.dtype)
+        print(f"\n=== {point.label}")
+        for name, path in bc.impl_names(device, paths):
+            impl = bc.Impl(name, path)
+            impl.select()
+            module = bc.build_module(impl, point, weights, device)
+            wall, busy, kernels = profile_one(module, inputs, run, args.iters)
+            print(f"{name}: wall {wall:.3f} ms per iteration, GPU busy {busy:.3f} ms "
+                  f"({100 * busy / wall:.0f} %), {sum(len(v) for v in kernels.values()) / args.iters:.0f} "
+                  "kernels and copies per iteration")
+            rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
+            print(f"  {'launches':>8} {'ms':>8} {'mean us':>8}  kernel")
+            for kname, times in rows:
+                print(f"  {len(times) / args.iters:8.1f} {sum(times) / 1e3 / args.iters:8.3f} "
+                      f"{sum(times) / len(times):8.1f}  {short(kname)}")
+    os.environ.pop(bc.CUDA_PATH_ENV, None)
+
+
+if __name__ == "__main__":
+    main()
