@@ -5,10 +5,13 @@ then tbptt_ext on each CUDA path in --paths), one fwd+bwd as benchmarks/bench_cu
 times it (same inputs), under torch.profiler for --iters iterations after a warm-up.
 Printed per implementation:
 
-  wall       host time of one iteration, synchronized at its end (ms)
+  wall       time per iteration of --iters back-to-back iterations, synchronized at the
+             end, without the profiler (ms), then under it
   GPU busy   union of the kernels' (and copies') intervals per iteration (ms): the rest
              of the wall time the GPU waits for the host
   kernels    the kernels by GPU time per iteration: launches, total and mean time
+  host       the host-side events (operators, CUDA runtime calls) by self CPU time per
+             iteration, under the profiler (which adds its own cost to each)
 
     python benchmarks/cuda_profile.py --points RNN:float32:32x256,LSTM:float32:1x128 --paths auto
 """
@@ -34,8 +37,8 @@ def parse_args(argv=None):
                    help="comma list of CELL:DTYPE:BxH")
     p.add_argument("--paths", default="auto", help="comma list of TBPTT_EXT_CUDA_PATH values")
     p.add_argument("--k", type=int, default=50)
-    p.add_argument("--iters", type=int, default=5, help="profiled iterations (default: 5)")
-    p.add_argument("--top", type=int, default=8, help="kernels listed per implementation (default: 8)")
+    p.add_argument("--iters", type=int, default=20, help="profiled iterations (default: 20)")
+    p.add_argument("--top", type=int, default=12, help="kernels listed per implementation (default: 8)")
     p.add_argument("--forward-only", action="store_true", help="profile the forward alone (no_grad)")
     return p.parse_args(argv)
 
@@ -57,11 +60,21 @@ def short(name: str, width: int = 78) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def plain_wall_ms(module, inputs, run, iters: int) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(iters):
+        bc.clear_grads(module, inputs)
+        run(module, inputs)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) * 1e3 / iters
+
+
 def profile_one(module, inputs, run, iters: int):
     for _ in range(5):
         bc.clear_grads(module, inputs)
         run(module, inputs)
-    torch.cuda.synchronize()
+    plain = min(plain_wall_ms(module, inputs, run, iters) for _ in range(3))
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
         for _ in range(iters):
@@ -69,6 +82,8 @@ def profile_one(module, inputs, run, iters: int):
             run(module, inputs)
         torch.cuda.synchronize()
         wall = (time.perf_counter() - started) * 1e3 / iters
+    host = sorted(((e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CPU), key=lambda r: -r[2])
     kernels: dict[str, list[float]] = {}
     intervals = []
     for evt in prof.events():
@@ -77,7 +92,7 @@ def profile_one(module, inputs, run, iters: int):
         start, end = evt.time_range.start, evt.time_range.end
         intervals.append((start, end))
         kernels.setdefault(evt.name, []).append(end - start)
-    return wall, busy_ms(intervals) / iters, kernels
+    return plain, wall, busy_ms(intervals) / iters, kernels, host
 
 
 def main(argv=None):
@@ -100,8 +115,8 @@ def main(argv=None):
             impl = bc.Impl(name, path)
             impl.select()
             module = bc.build_module(impl, point, weights, device)
-            wall, busy, kernels = profile_one(module, inputs, run, args.iters)
-            print(f"{name}: wall {wall:.3f} ms per iteration, GPU busy {busy:.3f} ms "
+            plain, wall, busy, kernels, host = profile_one(module, inputs, run, args.iters)
+            print(f"{name}: wall {plain:.3f} ms per iteration ({wall:.3f} under the profiler), GPU busy {busy:.3f} ms "
                   f"({100 * busy / wall:.0f} %), {sum(len(v) for v in kernels.values()) / args.iters:.0f} "
                   "kernels and copies per iteration")
             rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
@@ -109,6 +124,10 @@ def main(argv=None):
             for kname, times in rows:
                 print(f"  {len(times) / args.iters:8.1f} {sum(times) / 1e3 / args.iters:8.3f} "
                       f"{sum(times) / len(times):8.1f}  {short(kname)}")
+            print(f"  {'calls':>8} {'host ms':>8} {'mean us':>8}  host event (self CPU time)")
+            for hname, count, self_us in host[: args.top]:
+                print(f"  {count / args.iters:8.1f} {self_us / 1e3 / args.iters:8.3f} {self_us / max(count, 1):8.1f}  "
+                      f"{short(hname)}")
     os.environ.pop(bc.CUDA_PATH_ENV, None)
 
 

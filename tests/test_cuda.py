@@ -301,7 +301,8 @@ def test_tf32_policy_follows_the_cudnn_flag(cuda_path, B, H, matmul_tf32):
     The recurrent products run TF32 on the throughput and stepwise paths, judged on the
     output (forward) and on grad_h0 (the backward's carry through W_hh), each on its own;
     the products around the recurrence on every path, judged on dW_ih where the
-    recurrence is exact (persistent, latency; auto at H = 256). The input and W_ih are
+    recurrence is exact (persistent, latency; auto at H = 256). On the stepwise products
+    cuBLAS may still pick an exact kernel for a thin product. The input and W_ih are
     put on the bfloat16 grid, so that the input projection is exact even in TF32 and the
     output shows the recurrence alone. H = 640: LSTM W_hh of 6.25 MiB fits no on-chip
     tiling, so the throughput path runs the stepwise path's products there, and auto
@@ -320,9 +321,17 @@ def test_tf32_policy_follows_the_cudnn_flag(cuda_path, B, H, matmul_tf32):
     errors = dict(forward=forward, carry=carry, around=around)
     assert all(e[False] < 1e-5 for e in errors.values()), errors
     assert 10 * around[False] < around[True] < 1e-2, errors
-    if cuda_path in ("throughput", "stepwise") or (cuda_path == "auto" and H == 640):
+    stepwise_products = cuda_path == "stepwise" or (cuda_path in ("throughput", "auto") and H == 640)
+    if cuda_path == "throughput" and not stepwise_products:  # our tiles: TF32 fragments both ways
         for e in (forward, carry):
             assert 10 * e[False] < e[True] < 1e-2, errors
+    elif stepwise_products:
+        # cuBLAS's per-step products under CUBLAS_COMPUTE_32F_FAST_TF32: TF32 is allowed, and
+        # cuBLAS uses it where its kernel choice has tensor cores (on an H100 not for the
+        # forward's [8, 256] x [256, 1024] product, which ran exact): within TF32's error
+        # both ways, and TF32 seen in at least one direction
+        assert forward[True] < 1e-2 and carry[True] < 1e-2, errors
+        assert any(10 * e[False] < e[True] for e in (forward, carry)), errors
     else:
         assert forward[True] < 1e-5 and carry[True] < 1e-5, errors
 
