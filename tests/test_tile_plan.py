@@ -28,9 +28,9 @@ def plan(checker, B, H, G, dtype, device=H100):
                          capture_output=True, text=True).stdout.split()
     if out == ["none"]:
         return None
-    rows, units, unit_tiles, row_tiles, cluster, fwd_smem, bwd_smem = map(int, out)
+    rows, units, unit_tiles, row_tiles, cluster, fwd_smem, bwd_smem, fwd_stage, bwd_stage = map(int, out)
     return dict(rows=rows, units=units, unit_tiles=unit_tiles, row_tiles=row_tiles, cluster=bool(cluster),
-                smem=max(fwd_smem, bwd_smem))
+                smem=max(fwd_smem, bwd_smem), stages=(fwd_stage, bwd_stage))
 
 
 def test_every_plan_keeps_the_kernels_invariants(checker):
@@ -53,7 +53,7 @@ def test_issue_grid_tiles_in_bf16_on_an_h100(checker, G, B, H):
 def test_documented_dispatch_facts(checker):
     """The rows of benchmarks/RESULTS.md's dispatch paragraph."""
     assert plan(checker, 128, 1024, 4, "bf16") == dict(rows=64, units=16, unit_tiles=64, row_tiles=2, cluster=False,
-                                                        smem=219136)
+                                                        smem=231424, stages=(352, 160))
     for dtype in ("tf32", "fp32"):  # fp32 LSTM/GRU at B=128 H=1024 go stepwise
         assert plan(checker, 128, 1024, 4, dtype) is None
         assert plan(checker, 128, 1024, 3, dtype) is None
@@ -71,3 +71,20 @@ def test_no_clusters_without_sm90(checker):
     for B, H, G in [(1, 128, 4), (512, 256, 4), (8, 256, 1)]:
         p = plan(checker, B, H, G, "bf16", device=["108", "166912", "0"])  # an A100: no clusters
         assert p is not None and not p["cluster"]
+
+
+@pytest.mark.parametrize("G", [1, 3, 4])
+@pytest.mark.parametrize("dtype", ["bf16", "tf32", "fp32"])
+def test_left_operand_staged_in_one_pass_where_it_fits(checker, G, dtype):
+    """At H = 256 every launch stages all of h_{t-1} (forward, K = H) or grad_hp_t (backward,
+    K = G*H) at once: one wait for L2 per step instead of K / 64 (16 for the LSTM backward).
+    Where it does not fit, the passes are as wide as shared memory allows, never under 64."""
+    for B in (8, 32):
+        assert plan(checker, B, 256, G, dtype)["stages"] == (256, G * 256), B
+    for B in (512, 1000):  # larger W_hh slices: passes of at least 64 columns
+        p = plan(checker, B, 256, G, dtype)
+        if p is None:  # (exact fp32 LSTM/GRU at B = 1000: no tiling fits)
+            continue
+        assert all(min(64, K) <= s <= K and s % 16 == 0 for s, K in zip(p["stages"], (256, G * 256))), (B, p)
+    wide = plan(checker, 128, 1024, 4, "bf16")  # W_hh's slices leave room for part of K: 3 and 26 passes
+    assert all(64 <= s < K and s % 16 == 0 for s, K in zip(wide["stages"], (1024, 4096)))

@@ -4,7 +4,8 @@
 //                                               over a grid of calls; exit 1 on a violation
 //   tile_plan_check plan B H G DTYPE SMS SMEM CLUSTERS
 //                                               one plan: "R U unit_tiles row_tiles cluster
-//                                               forward_smem backward_smem", or "none"
+//                                               forward_smem backward_smem forward_stage
+//                                               backward_stage", or "none"
 // DTYPE: bf16 (tensor cores), tf32, fp32 (exact), fp64 (exact).
 #include <cstdint>
 #include <cstdio>
@@ -44,6 +45,7 @@ void check_shape(const TileShape& s, size_t bytes, int64_t K, int64_t N, int64_t
   if (s.k_pad % 16 != 0 || s.k_pad < K || s.k_pad >= K + 16) bad("k_pad is not K rounded up to 16");
   if (s.n_pad % 16 != 0 || s.n_pad < N || s.n_pad >= N + 16) bad("n_pad is not N rounded up to 16");
   if (s.cluster && (!clusters || s.unit_tiles > 8)) bad("a cluster where none is allowed or of more than 8 blocks");
+  if (s.stage % 16 != 0 || s.stage < 16 || s.stage > s.k_pad) bad("stage not a multiple of 16 in [16, k_pad]");
   const TileSmem<Scalar, Acc> layout(s);
   if (bytes != layout.bytes || bytes > smem_limit) bad("shared memory above the limit or mis-sized");
   if (kMath == MatMul::kExact) {
@@ -58,7 +60,7 @@ void check_shape(const TileShape& s, size_t bytes, int64_t K, int64_t N, int64_t
     if (off % 128 != 0) bad("a shared-memory region not 128-byte aligned");
   }
   for (int tm = 0; tm < s.rows / 16; ++tm) {
-    for (size_t kk = 0; kk < static_cast<size_t>(kChunk); kk += k_step) {
+    for (size_t kk = 0; kk < static_cast<size_t>(s.stage); kk += k_step) {
       if ((tm * 16 * layout.lda + kk) * e % 32) bad("an A fragment not 32-byte aligned");
     }
     for (int tn = 0; tn < s.n_pad / 16; ++tn) {
@@ -106,8 +108,9 @@ void print_plan(int64_t B, int64_t H, int G, int sms, size_t smem, bool clusters
     std::printf("none\n");
     return;
   }
-  std::printf("%d %d %d %d %d %zu %zu\n", p.forward.rows, p.forward.units, p.forward.unit_tiles, p.forward.row_tiles,
-              p.forward.cluster ? 1 : 0, p.forward_smem, p.backward_smem);
+  std::printf("%d %d %d %d %d %zu %zu %d %d\n", p.forward.rows, p.forward.units, p.forward.unit_tiles,
+              p.forward.row_tiles, p.forward.cluster ? 1 : 0, p.forward_smem, p.backward_smem, p.forward.stage,
+              p.backward.stage);
 }
 
 }  // namespace

@@ -10,8 +10,9 @@
 //
 // Forward step s (time t), per block:
 //   (1) pre[R, G*U] = h_{t-1}[rows, :] W_hh[own gate rows, :]^T: h_{t-1} staged from L2
-//       into shared memory in chunks of kChunk columns, used by every gate column the block
-//       owns; W_hh's slice [H, G*U] resident in shared memory since the launch.
+//       into shared memory (all its columns at once where they fit, else in passes of
+//       TileShape::stage columns), used by every gate column the block owns; W_hh's slice
+//       [H, G*U] resident in shared memory since the launch (TF32-rounded for TF32).
 //   (2) the cell's pointwise step for the own (row, unit) pairs; h and c of the own units
 //       stay in shared memory (Acc precision), h_t goes to the output.
 //   (3) the row tile's barrier.
@@ -89,6 +90,16 @@ struct WmmaTypes<float, MatMul::kTf32> {
 };
 #endif
 
+// A W_hh element as the block keeps it in shared memory: rounded to TF32 once, when it
+// is loaded, where the products run as TF32 (the fragments then need no conversion).
+template <MatMul kMath, typename Scalar>
+__device__ __forceinline__ Scalar resident_weight(Scalar v) {
+#if defined(TBPTT_TILE_WMMA)
+  if constexpr (kMath == MatMul::kTf32) return nvcuda::wmma::__float_to_tf32(v);
+#endif
+  return v;
+}
+
 // out[r, n] = sum_k a[r, k] w[k, n] for r < R, n < n_pad: `a` is global memory written
 // by other blocks of this launch (rows a_rows apart; rows >= valid_rows and columns
 // >= K read as zero), `w` the resident slice [k_pad, ldw]. All threads of the block
@@ -98,20 +109,22 @@ __device__ __forceinline__ void tile_product(const Scalar* a, int64_t a_rows, in
                                              const TileShape& shape, const TileSmem<Scalar, Acc>& layout,
                                              const Scalar* w, Scalar* a_smem, Acc* out) {
   const int R = shape.rows, n_pad = shape.n_pad, lda = layout.lda, ldw = layout.ldw, ldo = layout.ldo;
-  // (a) stage a[:, k0 : k0 + kChunk] into shared memory; 16-byte loads where rows allow.
+  const int stage_cols = shape.stage;  // (all of k_pad where shared memory allows: one pass)
+  // (a) stage a[:, k0 : k0 + stage_cols] into shared memory; 16-byte loads where rows allow.
   constexpr int kVec = 16 / static_cast<int>(sizeof(Scalar));
   const bool vector_ok = a_rows % kVec == 0 && K % kVec == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0;
   auto stage = [&](int64_t k0) {
     if (vector_ok) {
-      for (int i = threadIdx.x; i < R * (kChunk / kVec); i += blockDim.x) {
-        const int r = i / (kChunk / kVec), kk = (i % (kChunk / kVec)) * kVec;
+      const int vectors = stage_cols / kVec;
+      for (int i = threadIdx.x; i < R * vectors; i += blockDim.x) {
+        const int r = i / vectors, kk = (i % vectors) * kVec;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < valid_rows && k0 + kk < K) v = __ldcg(reinterpret_cast<const uint4*>(a + r * a_rows + k0 + kk));
         *reinterpret_cast<uint4*>(a_smem + r * lda + kk) = v;
       }
     } else {
-      for (int i = threadIdx.x; i < R * kChunk; i += blockDim.x) {
-        const int r = i / kChunk, kk = i % kChunk;
+      for (int i = threadIdx.x; i < R * stage_cols; i += blockDim.x) {
+        const int r = i / stage_cols, kk = i % stage_cols;
         a_smem[r * lda + kk] =
             r < valid_rows && k0 + kk < K ? load_from_l2(a + r * a_rows + k0 + kk) : from_acc<Scalar>(Acc(0));
       }
@@ -122,10 +135,10 @@ __device__ __forceinline__ void tile_product(const Scalar* a, int64_t a_rows, in
     Acc acc[kMaxExact];
 #pragma unroll
     for (int m = 0; m < kMaxExact; ++m) acc[m] = Acc(0);
-    for (int64_t k0 = 0; k0 < shape.k_pad; k0 += kChunk) {
+    for (int64_t k0 = 0; k0 < shape.k_pad; k0 += stage_cols) {
       stage(k0);
       __syncthreads();
-      const int kc = static_cast<int>(imin(kChunk, shape.k_pad - k0));
+      const int kc = static_cast<int>(imin(stage_cols, shape.k_pad - k0));
 #pragma unroll
       for (int m = 0; m < kMaxExact; ++m) {
         const int i = threadIdx.x + m * blockDim.x;
@@ -159,10 +172,10 @@ __device__ __forceinline__ void tile_product(const Scalar* a, int64_t a_rows, in
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kMaxFragments];
 #pragma unroll
     for (int f = 0; f < kMaxFragments; ++f) wmma::fill_fragment(acc[f], 0.0f);
-    for (int64_t k0 = 0; k0 < shape.k_pad; k0 += kChunk) {
+    for (int64_t k0 = 0; k0 < shape.k_pad; k0 += stage_cols) {
       stage(k0);
       __syncthreads();
-      const int kc = static_cast<int>(imin(kChunk, shape.k_pad - k0));  // a multiple of 16
+      const int kc = static_cast<int>(imin(stage_cols, shape.k_pad - k0));  // a multiple of 16
 #pragma unroll
       for (int f = 0; f < kMaxFragments; ++f) {
         const int tile = warp + f * kTileWarps;
@@ -173,11 +186,9 @@ __device__ __forceinline__ void tile_product(const Scalar* a, int64_t a_rows, in
             wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Types::A, wmma::row_major> b_frag;
             wmma::load_matrix_sync(a_frag, a_smem + tm * 16 * lda + kk, lda);
             wmma::load_matrix_sync(b_frag, w + (k0 + kk) * ldw + tn * 16, ldw);
-            if constexpr (kMath == MatMul::kTf32) {
+            if constexpr (kMath == MatMul::kTf32) {  // (w already holds TF32 values: resident_weight)
 #pragma unroll
               for (int e = 0; e < a_frag.num_elements; ++e) a_frag.x[e] = wmma::__float_to_tf32(a_frag.x[e]);
-#pragma unroll
-              for (int e = 0; e < b_frag.num_elements; ++e) b_frag.x[e] = wmma::__float_to_tf32(b_frag.x[e]);
             }
             wmma::mma_sync(acc[f], a_frag, b_frag, acc[f]);
           }
@@ -233,7 +244,7 @@ __global__ void __launch_bounds__(kTileThreads) tile_forward_kernel(CudaForwardP
     const int n = static_cast<int>(i / shape.k_pad), k = static_cast<int>(i % shape.k_pad);
     const int g = n / U, u = n % U;
     const bool inside = g < G && j0 + u < H && k < H;
-    w[k * layout.ldw + n] = inside ? p.w_hh[(g * H + j0 + u) * H + k] : from_acc<Scalar>(Acc(0));
+    w[k * layout.ldw + n] = inside ? resident_weight<kMath>(p.w_hh[(g * H + j0 + u) * H + k]) : from_acc<Scalar>(Acc(0));
   }
   load_own_tile<kCell>(h_own, p.h0, c_own, p.c0, valid_rows, r0, j0, R, U, H);
   __syncthreads();
@@ -275,7 +286,7 @@ __global__ void __launch_bounds__(kTileThreads) tile_backward_kernel(CudaBackwar
     const int64_t n = i / shape.n_pad;
     const int u = static_cast<int>(i % shape.n_pad);
     const bool inside = n < GH && u < U && j0 + u < H;
-    w[n * layout.ldw + u] = inside ? p.w_hh[n * H + j0 + u] : from_acc<Scalar>(Acc(0));
+    w[n * layout.ldw + u] = inside ? resident_weight<kMath>(p.w_hh[n * H + j0 + u]) : from_acc<Scalar>(Acc(0));
   }
   load_own_tile<kCell>(carry_h, p.grad_h_n, carry_c, p.grad_c_n, valid_rows, r0, j0, R, U, H);
   __syncthreads();

@@ -13,7 +13,7 @@ namespace tbptt::cuda {
 
 constexpr int kTileThreads = 256;
 constexpr int kTileWarps = kTileThreads / 32;
-constexpr int kChunk = 64;        // columns of the left operand staged per pass
+constexpr int kChunk = 64;        // columns of the left operand staged per pass while planning
 constexpr int kMaxFragments = 8;  // 16x16 accumulator tiles per warp (tensor cores)
 constexpr int kMaxExact = 16;     // outputs per thread (CUDA cores)
 
@@ -28,6 +28,8 @@ struct TileShape {
   int unit_tiles = 0;   // ceil(H / U): gridDim.x, the blocks that meet at each barrier
   int k_pad = 0;        // the product's reduction length (H forward, G*H backward), padded to 16
   int n_pad = 0;        // the product's columns per block (G*U forward, U backward), padded to 16
+  int stage = kChunk;   // columns of the left operand staged per pass: k_pad where it fits (one
+                        // pass, every load in flight at once), else fewer, a multiple of 16
   bool cluster = false; // the row tile is one cluster (cluster.sync) rather than counter-synchronised
 };
 
@@ -41,7 +43,7 @@ struct TileSmem {
   size_t w_off, a_off, out_off, first_off, second_off, bytes;
   TBPTT_HD static size_t align(size_t x) { return (x + 127) / 128 * 128; }
   TBPTT_HD explicit TileSmem(const TileShape& s)
-      : ldw(s.n_pad + kSkew), lda(kChunk + kSkew), ldo(s.n_pad + 4) {
+      : ldw(s.n_pad + kSkew), lda(s.stage + kSkew), ldo(s.n_pad + 4) {
     w_off = 0;
     a_off = align(w_off + static_cast<size_t>(s.k_pad) * ldw * sizeof(Scalar));
     out_off = align(a_off + static_cast<size_t>(s.rows) * lda * sizeof(Scalar));
@@ -53,7 +55,11 @@ struct TileSmem {
 
 // The tiling of a call: the (R, U) whose two launches fit shared memory and the
 // accumulator limits with at most one block per multiprocessor, at the lowest estimated
-// time per step (tensor-core or CUDA-core MACs plus the staged bytes, per block).
+// time per step (tensor-core or CUDA-core MACs plus the staged bytes, per block), each
+// launch staging kChunk columns per pass; then each launch stages as many columns per
+// pass as its shared memory allows (widest_stage). Every pass waits for its loads from
+// L2 and crosses two block barriers: with 64 columns per pass the LSTM backward at
+// H = 256 (K = 1024) made 16 of them per step, one after the other.
 // The rate constants are estimates, not fitted: the plans ran correctly on an H200, and
 // the measured speed of each path is in benchmarks/RESULTS.md. rows = 0: nothing fits.
 struct TilePlan {
@@ -62,6 +68,17 @@ struct TilePlan {
 };
 
 inline int round_up(int64_t x, int m) { return static_cast<int>((x + m - 1) / m * m); }
+
+// s with the fewest passes whose stage keeps its shared memory within the limit: all of
+// k_pad in one, else k_pad split evenly into 2, 3, ... passes of a multiple of 16 columns,
+// down to kChunk columns (or k_pad where that is less), which the planner already fitted.
+template <typename Scalar, typename Acc>
+TileShape widest_stage(TileShape s, size_t smem_limit) {
+  for (int passes = 1;; ++passes) {
+    s.stage = round_up((s.k_pad + passes - 1) / passes, 16);
+    if (s.stage <= kChunk || TileSmem<Scalar, Acc>(s).bytes <= smem_limit) return s;
+  }
+}
 
 template <typename Scalar, typename Acc, MatMul kMath>
 TilePlan plan_tiles(int64_t B, int64_t H, int G, int sms, size_t smem_limit, bool clusters) {
@@ -94,6 +111,12 @@ TilePlan plan_tiles(int64_t B, int64_t H, int G, int sms, size_t smem_limit, boo
         best_cost = cost;
       }
     }
+  }
+  if (best.forward.rows != 0) {
+    best.forward = widest_stage<Scalar, Acc>(best.forward, smem_limit);
+    best.backward = widest_stage<Scalar, Acc>(best.backward, smem_limit);
+    best.forward_smem = TileSmem<Scalar, Acc>(best.forward).bytes;
+    best.backward_smem = TileSmem<Scalar, Acc>(best.backward).bytes;
   }
   return best;
 }
