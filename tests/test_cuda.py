@@ -242,26 +242,27 @@ def test_one_recurrence_launch_per_chunk_each_way(cuda_path):
     launches = 50 if cuda_path == "stepwise" else 1
     assert sum("_forward_kernel" in n for n in names) == launches, names
     assert sum("_backward_kernel" in n for n in names) == launches, names
-    expected = {"auto": "chunk_",  # B = 8: the persistent kernels (test_auto_path_follows_the_measured_rule)
+    expected = {"auto": "tile_",  # fp32 GRU B = 8 H = 64: throughput (test_auto_path_follows_the_measured_rule)
                 "persistent": "chunk_", "latency": "block_", "throughput": "tile_", "stepwise": "step_"}[cuda_path]
     assert all(expected in n for n in names if "_forward_kernel" in n or "_backward_kernel" in n), names
 
 
 @pytest.mark.parametrize("cell,B,H,dtype,expected", [
     ("gru", 8, 512, torch.float32, "chunk_"),        # B <= 8, W_hh 3 MiB: persistent
-    ("gru", 16, 256, torch.float32, "chunk_"),       # B <= 16, H <= 256: persistent
-    ("gru", 16, 257, torch.float32, "tile_"),        # H > 256, W_hh <= 2 MiB: throughput
+    ("gru", 16, 256, torch.float32, "chunk_"),       # B <= 16 with H <= 256, fp32 GRU above 512 KiB: persistent
+    ("gru", 16, 257, torch.float32, "tile_"),        # B = 16 with H > 256: throughput
     ("gru", 17, 64, torch.float32, "tile_"),         # B > 16: throughput
-    ("lstm", 16, 512, torch.float32, "chunk_"),      # B <= 16, W_hh 4 MiB: persistent
-    ("lstm", 16, 512, torch.bfloat16, "tile_"),      # W_hh exactly 2 MiB in bf16: throughput
+    ("lstm", 8, 128, torch.float32, "tile_"),        # fp32 LSTM W_hh 256 KiB: throughput
+    ("lstm", 8, 182, torch.float32, "chunk_"),       # 529,984 bytes > 512 KiB: persistent
+    ("lstm", 8, 256, torch.bfloat16, "tile_"),       # half types at small batches: throughput
+    ("lstm", 16, 512, torch.float32, "tile_"),       # W_hh 4 MiB, not a small batch: throughput
     ("lstm", 4, 513, torch.float32, "step_"),        # W_hh above 4 MiB: stepwise
-    ("lstm", 17, 363, torch.float32, "step_"),       # W_hh 2,108,304 bytes > 2 MiB: stepwise
-    ("lstm", 17, 362, torch.float32, "tile_"),       # 2,096,704 bytes: throughput
     ("rnn", 128, 1024, torch.bfloat16, "tile_"),     # 2 MiB: throughput
 ])
 def test_auto_path_follows_the_measured_rule(cuda_path, cell, B, H, dtype, expected):
-    """TBPTT_EXT_CUDA_PATH=auto (the default) at the edges of its rule (cuda_ops.cpp,
-    resolve_path): the kernels that ran, forward and backward, and a float64 check."""
+    """TBPTT_EXT_CUDA_PATH=auto (the default) at the edges of its rule (path_rule.h, also
+    checked on the CPU in tests/test_tile_plan.py): the kernels that ran, forward and
+    backward, and a float64 check."""
     if cuda_path != "auto":
         pytest.skip("the rule of the auto path")
     args64 = forward_args(cell, 3, B, 16, H, torch.float64, seed=B + H, reset_kind="random")

@@ -1,7 +1,9 @@
-"""The CUDA throughput path's planner (csrc/cuda/tile_plan.h) on the CPU: it is host code,
-so its invariants and the dispatch facts stated in benchmarks/RESULTS.md are checked here
-even without a GPU (tests/tile_plan_check.cpp, built with the C++ compiler)."""
+"""The CUDA throughput path's planner (csrc/cuda/tile_plan.h) and the rule of the `auto`
+path (csrc/cuda/path_rule.h) on the CPU: they are host code, so their invariants and the
+dispatch facts stated in benchmarks/RESULTS.md are checked here even without a GPU
+(tests/tile_plan_check.cpp, built with the C++ compiler)."""
 
+import json
 import pathlib
 import shutil
 import subprocess
@@ -31,6 +33,11 @@ def plan(checker, B, H, G, dtype, device=H100):
     rows, units, unit_tiles, row_tiles, cluster, fwd_smem, bwd_smem, fwd_stage, bwd_stage = map(int, out)
     return dict(rows=rows, units=units, unit_tiles=unit_tiles, row_tiles=row_tiles, cluster=bool(cluster),
                 smem=max(fwd_smem, bwd_smem), stages=(fwd_stage, bwd_stage))
+
+
+def auto_path(checker, B, H, G, element_bytes):
+    return subprocess.run([str(checker), "path", str(B), str(H), str(G), str(element_bytes)], check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def test_every_plan_keeps_the_kernels_invariants(checker):
@@ -88,3 +95,45 @@ def test_left_operand_staged_in_one_pass_where_it_fits(checker, G, dtype):
         assert all(min(64, K) <= s <= K and s % 16 == 0 for s, K in zip(p["stages"], (256, G * 256))), (B, p)
     wide = plan(checker, 128, 1024, 4, "bf16")  # W_hh's slices leave room for part of K: 3 and 26 passes
     assert all(64 <= s < K and s % 16 == 0 for s, K in zip(wide["stages"], (1024, 4096)))
+
+
+@pytest.mark.parametrize("B,H,G,element_bytes,expected", [
+    (8, 512, 4, 4, "persistent"),    # fp32 LSTM, W 4 MiB, small batch
+    (4, 256, 4, 4, "persistent"),    # fp32 LSTM, W 1 MiB
+    (16, 256, 3, 4, "persistent"),   # fp32 GRU, W 768 KiB, B <= 16 with H <= 256
+    (8, 181, 4, 4, "throughput"),    # fp32 LSTM, W 524,176 bytes: not above 512 KiB
+    (8, 182, 4, 4, "persistent"),    # 529,984 bytes
+    (1, 128, 4, 4, "throughput"),    # fp32 LSTM at H = 128
+    (8, 512, 1, 4, "throughput"),    # fp32 RNN, W 1 MiB
+    (8, 256, 4, 2, "throughput"),    # bf16: the tiles at every small batch where they fit
+    (16, 512, 4, 2, "throughput"),   # bf16 LSTM, W exactly 2 MiB
+    (4, 640, 4, 2, "persistent"),    # bf16 LSTM, W 3.1 MiB: small batch, above 2 MiB
+    (16, 512, 4, 4, "throughput"),   # fp32 LSTM, W 4 MiB, but B = 16 with H > 256
+    (17, 256, 4, 4, "throughput"),   # not a small batch
+    (4, 513, 4, 4, "stepwise"),      # W above 4 MiB
+    (64, 512, 3, 4, "throughput"),   # fp32 GRU, W 3 MiB
+    (4, 1024, 1, 4, "persistent"),   # fp32 RNN, W 4 MiB, small batch
+    (128, 1024, 1, 2, "throughput"), # bf16 RNN, W 2 MiB
+    (128, 1024, 4, 2, "stepwise"),   # bf16 LSTM, W 8 MiB
+    (4, 200, 4, 8, "persistent"),    # fp64 LSTM, W 1.2 MiB
+])
+def test_auto_path_rule(checker, B, H, G, element_bytes, expected):
+    assert auto_path(checker, B, H, G, element_bytes) == expected
+
+
+@pytest.mark.parametrize("name", ["staged_small_batch", "staged_issue9_points"])
+def test_auto_path_picks_the_faster_path_where_it_was_measured(checker, name):
+    """At every point of the H100 measurements the rule was drawn from (persistent against
+    throughput, interleaved in one run) where one path was more than 1.2x faster, the rule
+    picks it. (Its largest miss there: bf16 LSTM B=1 H=512, persistent 1.16x faster.)"""
+    data = json.loads((ROOT / "benchmarks" / "results" / "cuda_h100" / f"{name}.json").read_text())
+    gates, element = {"RNN": 1, "LSTM": 4, "GRU": 3}, {"float32": 4, "bfloat16": 2}
+    checked = 0
+    for point in data["rows"]:
+        speed = {r["cuda_path"]: r["speedup"] for r in point["results"] if r.get("speedup")}
+        fast, slow = sorted(("persistent", "throughput"), key=lambda p: -speed[p])
+        if speed[fast] > 1.2 * speed[slow]:
+            checked += 1
+            assert auto_path(checker, point["B"], point["H"], gates[point["cell"]], element[point["dtype"]]) == fast, \
+                (point["label"], speed)
+    assert checked >= 5

@@ -6,6 +6,7 @@
 //                                               one plan: "R U unit_tiles row_tiles cluster
 //                                               forward_smem backward_smem forward_stage
 //                                               backward_stage", or "none"
+//   tile_plan_check path B H G ELEMENT_BYTES    the path `auto` runs (path_rule.h)
 // DTYPE: bf16 (tensor cores), tf32, fp32 (exact), fp64 (exact).
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <string>
 
+#include "cuda/path_rule.h"
 #include "cuda/tile_plan.h"
 
 using namespace tbptt::cuda;
@@ -137,6 +139,12 @@ int main(int argc, char** argv) {
     else return 2;
     return 0;
   }
-  std::fprintf(stderr, "usage: tile_plan_check check | plan B H G bf16|tf32|fp32|fp64 SMS SMEM CLUSTERS\n");
+  if (argc == 6 && std::strcmp(argv[1], "path") == 0) {
+    std::printf("%s\n", path_name(auto_path(std::atoi(argv[4]), std::atoll(argv[2]), std::atoll(argv[3]),
+                                            std::atoi(argv[5]))));
+    return 0;
+  }
+  std::fprintf(stderr, "usage: tile_plan_check check | plan B H G bf16|tf32|fp32|fp64 SMS SMEM CLUSTERS | "
+               "path B H G ELEMENT_BYTES\n");
   return 2;
 }

@@ -26,6 +26,7 @@
 
 #include "../chunk_ops.h"
 #include "chunk_launch.h"
+#include "path_rule.h"
 
 namespace tbptt::cuda {
 namespace {
@@ -46,18 +47,9 @@ at::TensorOptions acc_options(const at::Tensor& t) {
   return t.options().dtype(t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
 
-// Which recurrence kernels run, from TBPTT_EXT_CUDA_PATH (read at every call):
-//   auto (default)    chosen per call from the cell, B, H and dtype (resolve_path below).
-//   persistent        the v1 persistent kernels (chunk_kernels.cuh): one cooperative
-//                     launch each way, a grid barrier per step.
-//   latency           one block per batch row (block_kernels.cuh); persistent where its
-//                     vectors do not fit.
-//   throughput        row tiles x unit tiles on tensor cores (tile_kernels.cuh); stepwise
-//                     where no tiling fits on chip.
-//   stepwise          one GEMM and one pointwise kernel per step (step_kernels.cuh).
-// All five ran on an H200 (tests/test_cuda.py, compute-sanitizer memcheck; 2026-11-27).
-enum class Path { kAuto, kPersistent, kLatency, kThroughput, kStepwise };
-
+// Which recurrence kernels run: TBPTT_EXT_CUDA_PATH (read at every call), the paths and
+// the rule of `auto` in path_rule.h. All five ran on an H200 and an H100
+// (tests/test_cuda.py, compute-sanitizer; 2026-11-27).
 Path requested_path() {
   const char* path = std::getenv("TBPTT_EXT_CUDA_PATH");
   if (path == nullptr || std::strcmp(path, "auto") == 0) return Path::kAuto;
@@ -69,27 +61,11 @@ Path requested_path() {
               path, "'");
 }
 
-// What `auto` runs, measured with benchmarks/bench_cuda.py on an H200 (every path against
-// cuDNN, k = 50, I = H, fp32 and bf16; issue 10's grid and issue 9's B in {1, 4, 16} x
-// H in {64..512}; benchmarks/RESULTS.md, 2026-11-27). W = W_hh's bytes (G*H*H elements).
-//   small batch: B <= 8, or B <= 16 where H <= 256 or W > 2 MiB, with W <= 4 MiB
-//       -> persistent (LSTM fp32 B=16 H=256: 1.94x cuDNN against throughput's 1.22x;
-//          B=4 H=512: 2.10x against stepwise's 0.85x)
-//   W > 2 MiB -> stepwise (fp32 LSTM B=64 H=512: 0.90x against throughput's 0.71x;
-//          bf16 LSTM B=128 H=1024: 0.92x against 0.47x)
-//   otherwise -> throughput (bf16 LSTM B=32 H=256: 1.87x against persistent's 1.59x;
-//          B=512 H=256: 1.15x against 0.11x; bf16 LSTM B=16 H=512: 0.97x against 0.84x)
 // Forward and backward of a chunk resolve to the same path (same cell, B, H, dtype).
 template <class Cell>
 Path resolve_path(int64_t B, int64_t H, const at::Tensor& w_hh) {
   const Path path = requested_path();
-  if (path != Path::kAuto) return path;
-  constexpr double kMiB = 1024.0 * 1024.0;
-  const double w_bytes = double(Cell::kGates) * double(H) * double(H) * double(w_hh.element_size());
-  const bool small_batch = B <= 8 || (B <= 16 && (H <= 256 || w_bytes > 2 * kMiB));
-  if (small_batch && w_bytes <= 4 * kMiB) return Path::kPersistent;
-  if (w_bytes > 2 * kMiB) return Path::kStepwise;
-  return Path::kThroughput;
+  return path != Path::kAuto ? path : auto_path(Cell::kGates, B, H, static_cast<int>(w_hh.element_size()));
 }
 
 // Precision policy, that of torch.nn's cuDNN RNNs: fp32 products may run as TF32 on
