@@ -7,8 +7,9 @@ Printed per implementation:
 
   wall       time per iteration of --iters back-to-back iterations, synchronized at the
              end, without the profiler (ms), then under it
-  GPU busy   union of the kernels' (and copies') intervals per iteration (ms): the rest
-             of the wall time the GPU waits for the host
+  GPU busy   union of the kernels' (and copies') intervals per iteration (ms), under the
+             profiler, and its share of the wall time under the profiler: the rest of
+             that time the GPU waits for the host
   kernels    the kernels by GPU time per iteration: launches, total and mean time
   host       the host-side events (operators, CUDA runtime calls) by self CPU time per
              iteration, under the profiler (which adds its own cost to each)
@@ -38,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--paths", default="auto", help="comma list of TBPTT_EXT_CUDA_PATH values")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--iters", type=int, default=20, help="profiled iterations (default: 20)")
-    p.add_argument("--top", type=int, default=12, help="kernels listed per implementation (default: 8)")
+    p.add_argument("--top", type=int, default=12,
+                   help="kernels and host events listed per implementation (default: 12)")
     p.add_argument("--forward-only", action="store_true", help="profile the forward alone (no_grad)")
     return p.parse_args(argv)
 
@@ -116,9 +118,9 @@ def main(argv=None):
             impl.select()
             module = bc.build_module(impl, point, weights, device)
             plain, wall, busy, kernels, host = profile_one(module, inputs, run, args.iters)
+            launches = sum(len(v) for v in kernels.values()) / args.iters
             print(f"{name}: wall {plain:.3f} ms per iteration ({wall:.3f} under the profiler), GPU busy {busy:.3f} ms "
-                  f"({100 * busy / wall:.0f} %), {sum(len(v) for v in kernels.values()) / args.iters:.0f} "
-                  "kernels and copies per iteration")
+                  f"({100 * busy / wall:.0f} % of the profiled wall), {launches:.0f} kernels and copies per iteration")
             rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
             print(f"  {'launches':>8} {'ms':>8} {'mean us':>8}  kernel")
             for kname, times in rows:

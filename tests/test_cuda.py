@@ -255,6 +255,7 @@ def test_one_recurrence_launch_per_chunk_each_way(cuda_path):
     ("lstm", 8, 128, torch.float32, "tile_"),        # fp32 LSTM W_hh 256 KiB: throughput
     ("lstm", 8, 182, torch.float32, "chunk_"),       # 529,984 bytes > 512 KiB: persistent
     ("lstm", 8, 256, torch.bfloat16, "tile_"),       # half types at small batches: throughput
+    ("lstm", 8, 513, torch.bfloat16, "tile_"),       # bf16 W_hh just above 2 MiB: still throughput
     ("lstm", 16, 512, torch.float32, "tile_"),       # W_hh 4 MiB, not a small batch: throughput
     ("lstm", 4, 513, torch.float32, "step_"),        # W_hh above 4 MiB: stepwise
     ("rnn", 128, 1024, torch.bfloat16, "tile_"),     # 2 MiB: throughput
@@ -305,9 +306,8 @@ def test_tf32_policy_follows_the_cudnn_flag(cuda_path, B, H, matmul_tf32):
     recurrence is exact (persistent, latency; auto at H = 256). On the stepwise products
     cuBLAS may still pick an exact kernel for a thin product. The input and W_ih are
     put on the bfloat16 grid, so that the input projection is exact even in TF32 and the
-    output shows the recurrence alone. H = 640: LSTM W_hh of 6.25 MiB fits no on-chip
-    tiling, so the throughput path runs the stepwise path's products there, and auto
-    picks stepwise."""
+    output shows the recurrence alone. H = 640: LSTM W_hh of 6.25 MiB, which the
+    throughput path still tiles at B = 4 (80 thin unit tiles) and auto sends to stepwise."""
     args64 = forward_args("lstm", 10, B, 32, H, torch.float64, seed=2)
     args64[0], args64[1] = args64[0].bfloat16().double(), args64[1].bfloat16().double()
     truth = fwd_bwd(reference, "lstm", False, args64, False)
@@ -322,8 +322,8 @@ def test_tf32_policy_follows_the_cudnn_flag(cuda_path, B, H, matmul_tf32):
     errors = dict(forward=forward, carry=carry, around=around)
     assert all(e[False] < 1e-5 for e in errors.values()), errors
     assert 10 * around[False] < around[True] < 1e-2, errors
-    stepwise_products = cuda_path == "stepwise" or (cuda_path in ("throughput", "auto") and H == 640)
-    if cuda_path == "throughput" and not stepwise_products:  # our tiles: TF32 fragments both ways
+    stepwise_products = cuda_path == "stepwise" or (cuda_path == "auto" and H == 640)
+    if cuda_path == "throughput":  # our tiles: TF32 fragments both ways
         for e in (forward, carry):
             assert 10 * e[False] < e[True] < 1e-2, errors
     elif stepwise_products:

@@ -48,8 +48,9 @@ at::TensorOptions acc_options(const at::Tensor& t) {
 }
 
 // Which recurrence kernels run: TBPTT_EXT_CUDA_PATH (read at every call), the paths and
-// the rule of `auto` in path_rule.h. All five ran on an H200 and an H100
-// (tests/test_cuda.py, compute-sanitizer; 2026-11-27).
+// the rule of `auto` in path_rule.h. All five paths ran on an H200 and an H100
+// (tests/test_cuda.py, compute-sanitizer; 2026-11-27); the current `auto` rule was drawn
+// from the H100's runs afterwards and has not run on a GPU as a whole.
 Path requested_path() {
   const char* path = std::getenv("TBPTT_EXT_CUDA_PATH");
   if (path == nullptr || std::strcmp(path, "auto") == 0) return Path::kAuto;
