@@ -205,7 +205,8 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
   // Biases are added inside the recurrence (no [T, B, G*H] broadcast): b_ih (+ b_hh) on
   // the input side, b_hh on the recurrent side for kRecurrentBiasInside cells. Absent
   // biases are zeros, so the kernels always have both vectors.
-  const at::Tensor zeros = at::zeros({G * d.H}, input.options());
+  // (allocated only where a bias is absent: on a GPU each is an allocation and a fill)
+  const at::Tensor zeros = b_ih.has_value() && b_hh.has_value() ? at::Tensor() : at::zeros({G * d.H}, input.options());
   const at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : zeros;
   const at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : zeros;
   if constexpr (Cell::kRecurrentBiasInside) {
