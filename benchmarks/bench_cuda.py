@@ -110,18 +110,18 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, script: str = "bench_cuda.py") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("bench_cuda.py: --device cuda, but this machine has no usable CUDA GPU "
+            raise SystemExit(f"{script}: --device cuda, but this machine has no usable CUDA GPU "
                              "(torch.cuda.is_available() is False); use --device cpu for a smoke run.")
         if "cuda" not in tbptt_ext.compiled_backends():
-            raise SystemExit("bench_cuda.py: tbptt_ext was built without its CUDA kernels (compiled backends: "
+            raise SystemExit(f"{script}: tbptt_ext was built without its CUDA kernels (compiled backends: "
                              f"{', '.join(sorted(tbptt_ext.compiled_backends())) or 'none'}); rebuild with "
                              "TBPTT_EXT_BUILD_CUDA=1.")
     elif device.type != "cpu":
-        raise SystemExit(f"bench_cuda.py: --device must be cuda or cpu, got {name}")
+        raise SystemExit(f"{script}: --device must be cuda or cpu, got {name}")
     return device
 
 

@@ -14,7 +14,11 @@ Printed per implementation:
   host       the host-side events (operators, CUDA runtime calls) by self CPU time per
              iteration, under the profiler (which adds its own cost to each)
 
+On the CPU (--device cpu, the default without a GPU) the same without the GPU columns:
+the host's time per chunk, op by op (torch.nn's CPU kernels against tbptt_ext's).
+
     python benchmarks/cuda_profile.py --points RNN:float32:32x256,LSTM:float32:1x128 --paths auto
+    python benchmarks/cuda_profile.py --device cpu --points LSTM:float32:4x128 --k 20
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=12,
                    help="kernels and host events listed per implementation (default: 12)")
     p.add_argument("--forward-only", action="store_true", help="profile the forward alone (no_grad)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda (default where available) or cpu")
     return p.parse_args(argv)
 
 
@@ -62,27 +68,33 @@ def short(name: str, width: int = 78) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def plain_wall_ms(module, inputs, run, iters: int) -> float:
-    torch.cuda.synchronize()
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_wall_ms(module, inputs, run, iters: int, device: torch.device) -> float:
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(iters):
         bc.clear_grads(module, inputs)
         run(module, inputs)
-    torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - started) * 1e3 / iters
 
 
-def profile_one(module, inputs, run, iters: int):
+def profile_one(module, inputs, run, iters: int, device: torch.device):
     for _ in range(5):
         bc.clear_grads(module, inputs)
         run(module, inputs)
-    plain = min(plain_wall_ms(module, inputs, run, iters) for _ in range(3))
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    plain = min(plain_wall_ms(module, inputs, run, iters, device) for _ in range(3))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         started = time.perf_counter()
         for _ in range(iters):
             bc.clear_grads(module, inputs)
             run(module, inputs)
-        torch.cuda.synchronize()
+        synchronize(device)
         wall = (time.perf_counter() - started) * 1e3 / iters
     host = sorted(((e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()
                    if e.device_type == torch.autograd.DeviceType.CPU), key=lambda r: -r[2])
@@ -99,12 +111,12 @@ def profile_one(module, inputs, run, iters: int):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("cuda_profile.py needs a GPU")
-    device = torch.device("cuda")
+    device = bc.resolve_device(args.device, "cuda_profile.py")
+    gpu = device.type == "cuda"
     paths = bc.split_list(args.paths)
     run = (lambda m, i: bc.forward_only(m, i)) if args.forward_only else bc.forward_backward
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; k={args.k}, I=H, "
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{where}, torch {torch.__version__}; k={args.k}, I=H, "
           f"{'forward only' if args.forward_only else 'fwd+bwd'}, {args.iters} profiled iterations")
     for spec in bc.split_list(args.points):
         cell, dtype_name, shape = spec.split(":")
@@ -117,15 +129,19 @@ def main(argv=None):
             impl = bc.Impl(name, path)
             impl.select()
             module = bc.build_module(impl, point, weights, device)
-            plain, wall, busy, kernels, host = profile_one(module, inputs, run, args.iters)
-            launches = sum(len(v) for v in kernels.values()) / args.iters
-            print(f"{name}: wall {plain:.3f} ms per iteration ({wall:.3f} under the profiler), GPU busy {busy:.3f} ms "
-                  f"({100 * busy / wall:.0f} % of the profiled wall), {launches:.0f} kernels and copies per iteration")
-            rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
-            print(f"  {'launches':>8} {'ms':>8} {'mean us':>8}  kernel")
-            for kname, times in rows:
-                print(f"  {len(times) / args.iters:8.1f} {sum(times) / 1e3 / args.iters:8.3f} "
-                      f"{sum(times) / len(times):8.1f}  {short(kname)}")
+            plain, wall, busy, kernels, host = profile_one(module, inputs, run, args.iters, device)
+            line = f"{name}: wall {plain:.3f} ms per iteration ({wall:.3f} under the profiler)"
+            if not gpu:
+                print(line)
+            else:
+                launches = sum(len(v) for v in kernels.values()) / args.iters
+                print(f"{line}, GPU busy {busy:.3f} ms ({100 * busy / wall:.0f} % of the profiled wall), "
+                      f"{launches:.0f} kernels and copies per iteration")
+                rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: args.top]
+                print(f"  {'launches':>8} {'ms':>8} {'mean us':>8}  kernel")
+                for kname, times in rows:
+                    print(f"  {len(times) / args.iters:8.1f} {sum(times) / 1e3 / args.iters:8.3f} "
+                          f"{sum(times) / len(times):8.1f}  {short(kname)}")
             print(f"  {'calls':>8} {'host ms':>8} {'mean us':>8}  host event (self CPU time)")
             for hname, count, self_us in host[: args.top]:
                 print(f"  {count / args.iters:8.1f} {self_us / 1e3 / args.iters:8.3f} {self_us / max(count, 1):8.1f}  "

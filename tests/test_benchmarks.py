@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -114,3 +115,25 @@ def test_cuda_memory_probe_replays_the_allocator_trace_to_its_peak():
     torch_only = [dict(name="f", filename="/x/site-packages/torch/nn/modules/module.py", line=3)]
     assert describe_frames(torch_only) == "module.py:3 f"
     assert describe_frames([]) == "(no frame recorded)"
+
+
+def test_cuda_profile_runs_on_cpu_and_sums_busy_intervals():
+    """benchmarks/cuda_profile.py on the CPU (no GPU columns): a table per implementation;
+    and its GPU-busy measure, the length of a union of intervals."""
+    cmd = [sys.executable, str(BENCH / "cuda_profile.py"), "--device", "cpu", "--points", "LSTM:float32:2x8",
+           "--k", "3", "--iters", "2", "--top", "3"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "=== LSTM float32 B=2 H=8" in out
+    assert "torch.nn: wall" in out and "tbptt_ext: wall" in out and "host event (self CPU time)" in out
+    assert "lstm_chunk_forward" in out or "lstm_chunk_backward" in out or "LSTMChunk" in out
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cuda_profile
+    finally:
+        sys.path.remove(str(BENCH))
+    assert cuda_profile.busy_ms([(0, 10), (5, 20), (30, 40), (35, 38)]) == pytest.approx(0.030)
+    assert cuda_profile.busy_ms([]) == 0
+    no_gpu = subprocess.run([sys.executable, str(BENCH / "cuda_profile.py"), "--device", "cuda"],
+                            capture_output=True, text=True)
+    if not torch.cuda.is_available():
+        assert no_gpu.returncode != 0 and "cuda_profile.py: --device cuda" in no_gpu.stderr
