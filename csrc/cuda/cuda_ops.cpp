@@ -53,11 +53,10 @@ at::TensorOptions acc_options(const at::Tensor& t) {
 // from the H100's runs afterwards and has not run on a GPU as a whole.
 Path requested_path() {
   const char* path = std::getenv("TBPTT_EXT_CUDA_PATH");
-  if (path == nullptr || std::strcmp(path, "auto") == 0) return Path::kAuto;
-  if (std::strcmp(path, "persistent") == 0) return Path::kPersistent;
-  if (std::strcmp(path, "latency") == 0) return Path::kLatency;
-  if (std::strcmp(path, "throughput") == 0) return Path::kThroughput;
-  if (std::strcmp(path, "stepwise") == 0) return Path::kStepwise;
+  if (path == nullptr) return Path::kAuto;
+  for (const Path p : {Path::kAuto, Path::kPersistent, Path::kLatency, Path::kThroughput, Path::kStepwise}) {
+    if (std::strcmp(path, path_name(p)) == 0) return p;
+  }
   TORCH_CHECK(false, "TBPTT_EXT_CUDA_PATH must be one of auto, persistent, latency, throughput, stepwise; got '",
               path, "'");
 }

@@ -9,8 +9,8 @@
 // input dtype, as for the other paths.
 //
 // Verified on an H200 (tests/test_cuda.py, compute-sanitizer memcheck, synccheck and
-// racecheck in float64; benchmarks/RESULTS.md). `auto` picks it where W_hh > 2 MiB and
-// the batch is not small; the throughput path runs it where no tiling fits on chip.
+// racecheck in float64; benchmarks/RESULTS.md). `auto` picks it for large W_hh (rule in
+// path_rule.h); the throughput path runs it where no tiling fits on chip.
 #pragma once
 
 #include "chunk_kernels.cuh"

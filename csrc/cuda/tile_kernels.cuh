@@ -26,10 +26,10 @@
 // sum runs in a fixed order (no atomics in any reduction): bitwise reproducible.
 //
 // Verified on an H200 (tests/test_cuda.py, compute-sanitizer memcheck, synccheck and
-// racecheck in float64; benchmarks/RESULTS.md); `auto` picks it for W_hh <= 2 MiB at
-// batches that are not small. The launcher returns
-// cudaErrorNotSupported where no tiling fits on chip, and the caller runs the stepwise
-// path (step_kernels.cuh) instead.
+// racecheck in float64; benchmarks/RESULTS.md), its one-pass staging on an H100 (tests,
+// memcheck, racecheck in float64); `auto` picks it by the rule in path_rule.h. The
+// launcher returns cudaErrorNotSupported where no tiling fits on chip, and the caller
+// runs the stepwise path (step_kernels.cuh) instead.
 #pragma once
 
 #include <mma.h>
