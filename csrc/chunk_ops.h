@@ -9,7 +9,8 @@
 //   backward: the recurrence backward gives grad_xproj (and grad_hp for GRU), then
 //             dx = grad_xproj W_ih (unless the backend's loop made it),
 //             dW_ih = grad_xproj^T x,  dW_hh = grad_hp^T h_prev,  db = sum of grad_xproj
-//             (grad_hp), each one GEMM or reduction over the chunk.
+//             (grad_hp), each one GEMM or reduction over the chunk (or, where a backend
+//             has its own, e.g. the CPU's one pass over grad_xproj for all three, that).
 // With a projection (LSTM proj_size = P > 0, w_hr [P, H]) the cell's output r_t [B, H]
 // is kept as one more saved block and the layer's h_t = r_t W_hr^T [B, P] is what
 // recurs; dW_hr = sum_t (dL/dh_t)^T r_t, with dL/dh_t [T, B, P] from the backend.
@@ -20,6 +21,7 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
@@ -260,6 +262,26 @@ at::Tensor recurrent_weight_grad(const at::Tensor& grad_hp, const at::Tensor& ou
   return Gemms::mm(grad_hp.reshape({-1, GH}).t(), h_prev.reshape({-1, H}));
 }
 
+// Whether a backend computes the weight and bias gradients itself: it declares
+// kOwnWeightGrads and has weight_grads<Cell>(const BackwardTensors&, BackwardResult&).
+template <class Backend, class = void>
+struct OwnWeightGrads : std::false_type {};
+template <class Backend>
+struct OwnWeightGrads<Backend, std::void_t<decltype(Backend::kOwnWeightGrads)>> : std::true_type {};
+
+// dW_ih, dW_hh and the bias gradients as GEMMs and column sums of the backend's Gemms.
+template <class Cell, class Gemms>
+void gemm_weight_grads(const BackwardTensors& t, BackwardResult& r) {
+  const int64_t TB = t.T * t.B, GH = Cell::kGates * t.H;
+  const at::Tensor grad_x2 = t.grad_xproj.view({TB, GH});
+  const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
+  r.grad_w_ih = Gemms::mm(grad_x2.t(), t.input.view({TB, t.I}));
+  r.grad_b_ih = Gemms::column_sum(grad_x2);
+  r.grad_w_hh = t.T > 0 ? recurrent_weight_grad<Gemms>(grad_hp, t.output, t.h0, t.reset, t.reverse)
+                        : at::zeros({GH, t.P}, t.input.options());
+  r.grad_b_hh = Cell::kRecurrentBiasInside ? Gemms::column_sum(grad_hp.view({TB, GH})) : r.grad_b_ih;
+}
+
 template <class Cell, class Backend>
 BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                               const at::Tensor& grad_c_n, const at::Tensor& input, const at::Tensor& output,
@@ -316,16 +338,15 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
   r.grad_input = !input_needs_grad       ? at::empty({0}, opts)
                  : t.grad_input.defined() ? t.grad_input
                                           : Backend::mm(grad_x2, t.w_ih).view({d.T, d.B, d.I});
-  const at::Tensor& grad_hp = Cell::kRecurrentBiasInside ? t.grad_hp : t.grad_xproj;
-  r.grad_w_ih = Backend::mm(grad_x2.t(), t.input.view({TB, d.I}));
-  r.grad_b_ih = Backend::column_sum(grad_x2);
-  r.grad_w_hh = d.T > 0 ? recurrent_weight_grad<Backend>(grad_hp, t.output, t.h0, t.reset, reverse)
-                        : at::zeros({GH, d.P}, opts);
+  if constexpr (OwnWeightGrads<Backend>::value) {
+    Backend::template weight_grads<Cell>(t, r);  // the CPU (chunk_cpu.cpp)
+  } else {
+    gemm_weight_grads<Cell, Backend>(t, r);
+  }
   if (w_hr.defined()) {  // dW_hr = sum_t (dL/dh_t)^T r_t, r_t the last saved block (a strided view)
     const int64_t width = t.saved.size(2);
     r.grad_w_hr = Backend::mm(t.grad_h.view({TB, d.P}).t(), t.saved.view({TB, width}).narrow(1, width - d.H, d.H));
   }
-  r.grad_b_hh = Cell::kRecurrentBiasInside ? Backend::column_sum(grad_hp.view({TB, GH})) : r.grad_b_ih;
   r.grad_h_norm = record_flow ? at::linalg_vector_norm(t.grad_h_record, 2, at::IntArrayRef{1, 2})
                               : at::empty({0}, acc_opts);
   return r;

@@ -113,6 +113,26 @@ def test_fused_ops_with_reset_match_reference(cell, relu, reset_kind):
             check_against_reference(cell, relu, T, B, I, H, torch.float64, reverse, reset_kind, seed=T + B)
 
 
+# T * B rows over several of the CPU weight-gradient kernel's K blocks (256 rows each)
+# and a part block; G * H, I and H off its tile height (6 or 12) and panel widths.
+LONG_SHAPE = (37, 19, 21, 35)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_weight_gradients_over_several_blocks_of_rows(cell, relu, dtype):
+    for reverse, reset_kind in [(False, "none"), (True, "none"), (False, "random"), (True, "random")]:
+        check_against_reference(cell, relu, *LONG_SHAPE, dtype, reverse, reset_kind, seed=41)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weight_gradients_over_several_spans_of_packed_rows(cell, dtype):
+    # T * B = 2800 rows of [h_prev | x] 512 (LSTM) or 384 (GRU) wide: more than the 4 MB
+    # of packed rows the CPU kernel takes at a time
+    check_against_reference(cell, False, 70, 40, 384, 128, dtype, True, "random", seed=43)
+
+
 @pytest.mark.parametrize("cell,relu", CELLS)
 def test_without_bias(cell, relu):
     check_against_reference(cell, relu, 6, 3, 4, 10, torch.float64, False, "random", bias=False)
@@ -201,8 +221,9 @@ def test_op_argument_errors_are_clear():
 
 
 @pytest.mark.parametrize("cell,relu", CELLS)
-def test_bitwise_identical_across_runs_and_thread_counts(cell, relu):
-    args = forward_args(cell, 12, 9, 6, 70, torch.float32, 5, reset_kind="random")
+@pytest.mark.parametrize("T,B,I,H", [(12, 9, 6, 70), LONG_SHAPE])
+def test_bitwise_identical_across_runs_and_thread_counts(cell, relu, T, B, I, H):
+    args = forward_args(cell, T, B, I, H, torch.float32, 5, reset_kind="random")
     threads = torch.get_num_threads()
     results = []
     try:
@@ -261,7 +282,7 @@ import test_ops
 assert ops.cpu_isa() == {isa!r}, ops.cpu_isa()
 for cell, relu in test_ops.CELLS:
     for dtype in (torch.float32, torch.float64):
-        for T, B, I, H in [(5, 3, 4, 7), (4, 13, 5, 70)]:
+        for T, B, I, H in [(5, 3, 4, 7), (4, 13, 5, 70), test_ops.LONG_SHAPE]:
             for reverse, reset in [(False, "none"), (True, "random")]:
                 test_ops.check_against_reference(cell, relu, T, B, I, H, dtype, reverse, reset)
     test_ops.test_projected_lstm_ops_match_reference(5, 13, 3, 40, 17, dtype)

@@ -40,6 +40,25 @@ inline int64_t panel_width(Isa isa, size_t elem_size) {
   return kVectorsPerPanel * bytes / static_cast<int64_t>(elem_size);
 }
 
+// The micro-kernel's loop, shared with weight_grad.h: acc[r] += a(r, k) panel[k] over
+// k in [k0, k1), with a(r, k) = a[r * rs + k * ks] (rows of a, or a packed tile).
+template <Isa kIsa, typename T, int ROWS>
+TBPTT_ALWAYS_INLINE void accumulate_panel(typename VecType<T, kVectorBytes<kIsa>>::type (&acc)[ROWS][kVectorsPerPanel],
+                                          const T* a, int64_t rs, int64_t ks, const T* panel, int64_t k0, int64_t k1) {
+  using V = typename VecType<T, kVectorBytes<kIsa>>::type;
+  constexpr int W = kVectorBytes<kIsa> / sizeof(T), NV = kVectorsPerPanel, NR = NV * W;
+  for (int64_t k = k0; k < k1; ++k) {
+    V b[NV];
+    for (int q = 0; q < NV; ++q) b[q] = *reinterpret_cast<const V*>(panel + k * NR + q * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      const T av = a[r * rs + k * ks];
+#pragma GCC unroll 4
+      for (int q = 0; q < NV; ++q) acc[r][q] += av * b[q];
+    }
+  }
+}
+
 // out[ROWS, NR] (+)= a[ROWS, k0:k1] panel[k0:k1, :]. kFull: all NR columns of out exist,
 // else only the first `cols`.
 template <Isa kIsa, typename T, int ROWS, bool kFull>
@@ -61,16 +80,7 @@ TBPTT_ALWAYS_INLINE void tile(const T* a, int64_t lda, const T* panel, int64_t k
     for (int r = 0; r < ROWS; ++r)
       for (int q = 0; q < NV; ++q) acc[r][q] = *reinterpret_cast<const V*>(&buf[r][q * W]);
   }
-  for (int64_t k = k0; k < k1; ++k) {
-    V b[NV];
-    for (int q = 0; q < NV; ++q) b[q] = *reinterpret_cast<const V*>(panel + k * NR + q * W);
-#pragma GCC unroll 16
-    for (int r = 0; r < ROWS; ++r) {
-      const T av = a[r * lda + k];
-#pragma GCC unroll 4
-      for (int q = 0; q < NV; ++q) acc[r][q] += av * b[q];
-    }
-  }
+  accumulate_panel<kIsa, T, ROWS>(acc, a, lda, 1, panel, k0, k1);
   if constexpr (kFull) {
     for (int r = 0; r < ROWS; ++r)
       for (int q = 0; q < NV; ++q) *reinterpret_cast<V*>(out + r * ldo + q * W) = acc[r][q];

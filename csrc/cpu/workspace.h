@@ -21,6 +21,8 @@ enum class Scratch {
   kPackedHR,
   kStep0,
   kStep1,
+  kPackedA,  // weight_grad.h
+  kPackedB,
   kCount
 };
 
