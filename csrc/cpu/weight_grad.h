@@ -143,8 +143,9 @@ TBPTT_ALWAYS_INLINE void multiply_tiles(const T* packed_a, int64_t kc, int64_t M
 }
 
 template <Isa kIsa, typename T>
-TBPTT_ALWAYS_INLINE void pack_b_panels(const T* const* const* rows, const int64_t* panel_group, const int64_t* panel_n0, const int64_t* n,
-                   int64_t k0, int64_t kc, int64_t p0, int64_t p1, T* packed_b) {
+TBPTT_ALWAYS_INLINE void pack_b_panels(const T* const* const* rows, const int64_t* panel_group,
+                                       const int64_t* panel_n0, const int64_t* n, int64_t k0, int64_t kc, int64_t p0,
+                                       int64_t p1, T* packed_b) {
   constexpr int64_t NR = panel_width<kIsa, T>();
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t g = panel_group[p];
@@ -155,10 +156,10 @@ TBPTT_ALWAYS_INLINE void pack_b_panels(const T* const* const* rows, const int64_
 TBPTT_ISA_DISPATCH(pack_b_panels)
 
 template <Isa kIsa, typename T>
-TBPTT_ALWAYS_INLINE void pack_and_multiply(const T* a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t i0, int64_t i1,
-                       T* packed_a, double* colsum, const T* packed_b, const int64_t* panel_group,
-                       const int64_t* panel_n0, int64_t panels, T* const* c, const int64_t* ldc, const int64_t* n,
-                       bool accumulate) {
+TBPTT_ALWAYS_INLINE void pack_and_multiply(const T* a, int64_t lda, int64_t M, int64_t k0, int64_t kc, int64_t i0,
+                                           int64_t i1, T* packed_a, double* colsum, const T* packed_b,
+                                           const int64_t* panel_group, const int64_t* panel_n0, int64_t panels,
+                                           T* const* c, const int64_t* ldc, const int64_t* n, bool accumulate) {
   pack_a_tiles<kIsa, T>(a, lda, M, k0, kc, i0, i1, packed_a, colsum);
   multiply_tiles<kIsa, T>(packed_a, kc, M, i0, i1, packed_b, panel_group, panel_n0, panels, c, ldc, n, accumulate);
 }
@@ -214,10 +215,15 @@ void weight_grads(const T* a, int64_t lda, int64_t K, int64_t M, const std::vect
   const int64_t span_blocks = std::clamp<int64_t>((int64_t{4} << 20) / std::max<int64_t>(1, panels * panel_size * elem),
                                                   1, blocks);
   const int64_t spans = (blocks + span_blocks - 1) / span_blocks;
-  const int64_t round_tiles = std::clamp<int64_t>((int64_t{128} << 10) / std::max<int64_t>(1, MR * N * elem), 1,
-                                                  std::max<int64_t>(1, (tiles + 7) / 8));
+  // A round: at most 128 KB of C rows and 128 KB of packed A (both stay in L2), and at
+  // most an eighth of the tiles (the team balances the rounds among the threads).
+  constexpr int64_t kL2Share = int64_t{128} << 10;
+  const int64_t round_tiles =
+      std::clamp<int64_t>(std::min(kL2Share / std::max<int64_t>(1, MR * N * elem), kL2Share / (kc_max * MR * elem)), 1,
+                          std::max<int64_t>(1, (tiles + 7) / 8));
   const int64_t rounds = (tiles + round_tiles - 1) / round_tiles;
-  T* const packed_b = workspace(Scratch::kPackedB, {span_blocks * panels * panel_size}, options).template data_ptr<T>();
+  T* const packed_b =
+      workspace(Scratch::kPackedB, {span_blocks * panels * panel_size}, options).template data_ptr<T>();
   const auto span_of = [&](int64_t span) {  // its K blocks [first, last)
     return std::pair{span * span_blocks, std::min(blocks, (span + 1) * span_blocks)};
   };
