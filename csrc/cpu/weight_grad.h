@@ -52,7 +52,7 @@ TBPTT_ALWAYS_INLINE void micro_kernel(int64_t kc, const T* __restrict__ a, const
     for (int q = 0; q < NV; ++q) acc[r][q] = V{};
   // (the tile of c is read after the loop: fetched now, its latency hides behind the loop)
   if (accumulate)
-    for (int r = 0; r < MR; ++r) __builtin_prefetch(c + r * ldc);
+    for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc);
   matmul::accumulate_panel<kIsa, T, MR>(acc, a, 1, MR, b, 0, kc);
   if (rows == MR && cols == NR) {
     for (int r = 0; r < MR; ++r)
