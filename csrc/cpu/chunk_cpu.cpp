@@ -348,22 +348,18 @@ void weight_grads_chunk(const BackwardTensors& t, BackwardResult& r) {
   const auto opts = t.input.options();
   r.grad_w_hh = at::empty({GH, P}, opts);
   r.grad_w_ih = at::empty({GH, I}, opts);
+  ChunkParamsBase<T> p;  // time_of and restarts: the step order and reset mask of the step loops
+  set_base(p, t);
   const T* output = t.output.const_data_ptr<T>();
-  const T* h0 = t.h0.const_data_ptr<T>();
-  const uint8_t* reset = t.reset.defined() ? t.reset.const_data_ptr<uint8_t>() : nullptr;
+  const T* input = t.input.const_data_ptr<T>();
   GradGroup<T> hh{std::vector<const T*>(K), P, r.grad_w_hh.data_ptr<T>(), P};
   GradGroup<T> ih{std::vector<const T*>(K), I, r.grad_w_ih.data_ptr<T>(), I};
-  const T* input = t.input.const_data_ptr<T>();
-  for (int64_t time = 0; time < T_; ++time) {
-    // the state entering `time`: from time - 1 (forward) or time + 1 (reverse)
-    const int64_t from = t.reverse ? time + 1 : time - 1;
-    const bool first = from < 0 || from >= T_;
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t time = p.time_of(s);
+    const T* entering = s > 0 ? output + p.time_of(s - 1) * B * P : p.h0;  // the state entering step s
     for (int64_t b = 0; b < B; ++b) {
       const int64_t k = time * B + b;
-      // forward: the state restarts at `time` if reset[time]; reverse: if reset[time + 1]
-      const int64_t cut_at = t.reverse ? time + 1 : time;
-      const bool restarts = reset != nullptr && cut_at < T_ && reset[cut_at * B + b] != 0;
-      hh.rows[k] = restarts ? nullptr : first ? h0 + b * P : output + (from * B + b) * P;
+      hh.rows[k] = p.restarts(s, b) ? nullptr : entering + b * P;
       ih.rows[k] = input + k * I;
     }
   }
