@@ -128,15 +128,19 @@ def peak_memory(runner, device, steps: int = 1) -> int:
             runner.step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    # CPU: the allocations of this run alone, from the profiler's memory events.
+    # CPU: the allocations of this run alone, from the profiler's raw memory events in
+    # the order they happened (nanosecond stamps; the per-op summaries have microsecond
+    # stamps whose ties made the peak depend on the machine's speed).
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(steps):
             runner.step()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
+    for _, nbytes in sorted(events, key=lambda e: e[0]):
+        current += nbytes
         peak = max(peak, current)
     return peak
 

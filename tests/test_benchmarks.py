@@ -24,10 +24,14 @@ def test_run_quick_tiny_grid_writes_results(tmp_path):
     assert {"torch.nn", "cell loop", "tbptt_ext", "tbptt_ext ref"} <= impls
     ok = [r for r in data["grid"] if r["status"] == "ok"]
     assert all(r["seconds_per_chunk"] > 0 and r["peak_bytes"] > 0 for r in ok)
-    # TBPTT memory is flat in T, full BPTT grows
+    # TBPTT memory is flat in T, full BPTT grows. Flat within 2 %: an allocation of a few
+    # KB can land at another point of the run (CI once saw 2 KB), while keeping even one
+    # carried state (B x H floats) per chunk would add far more over the extra chunks.
     mem = {(r["impl"], r["mode"], r["T"]): r["peak_bytes"] for r in data["memory_vs_T"]}
     Ts = sorted({r["T"] for r in data["memory_vs_T"]})
-    assert mem[("tbptt_ext", "TBPTT", Ts[-1])] == mem[("tbptt_ext", "TBPTT", Ts[0])]
+    first, last = mem[("tbptt_ext", "TBPTT", Ts[0])], mem[("tbptt_ext", "TBPTT", Ts[-1])]
+    state_bytes = data["memory_vs_T"][0]["B"] * data["memory_vs_T"][0]["H"] * 4
+    assert abs(last - first) <= 0.02 * first < (Ts[-1] - Ts[0]) // 8 * state_bytes, (first, last)
     assert mem[("tbptt_ext", "full BPTT", Ts[-1])] > 2 * mem[("tbptt_ext", "full BPTT", Ts[0])]
     for name in ["results.csv", "results.md", "speedup_LSTM_float32.png", "speedup_GRU_float32.png",
                  "memory_vs_T.png", "k_sweep.png"]:
