@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .modules import _ChunkedRNNBase
-from .tbptt import detach_state
+from .tbptt import _positive_int, detach_state
 
 
 # ------------------------------------------------------------ gradient flow
@@ -218,9 +218,9 @@ def truncation_bias(
         raise ValueError("truncation_bias: the model has no parameters that require a gradient")
     time_dim = 1 if batch_first else 0
     steps = inputs.shape[time_dim]
-    ks = [int(k) for k in ks]
-    if not ks or any(k < 1 for k in ks):
-        raise ValueError(f"truncation_bias: ks must be positive integers, got {ks}")
+    ks = [_positive_int(k, "truncation_bias: each of ks must be a positive integer") for k in ks]
+    if not ks:
+        raise ValueError("truncation_bias: ks must list at least one positive integer, got none")
     names, tensors = zip(*params)
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -9,12 +9,17 @@ Arguments: ``input [T, B, I]``, the layer's torch.nn parameters (biases may be N
 the entering state ``h0`` (and ``c0``) ``[B, H]``, then ``reset`` ([T, B] bool or
 None), ``reverse``, ``fused`` and ``flow`` (None, or a callable that receives the
 per-step gradient norms ``[T]`` of each backward: see tbptt_ext.diagnostics).
+
+Second-order gradients (``create_graph=True``: gradient penalties, Hessian-vector
+products) work as with torch.nn on the CPU: the backward then recomputes the chunk with
+the plain-PyTorch reference forward under autograd and differentiates that, so the
+gradients it returns have a graph of their own. That costs a second forward at the
+reference's speed; a first-order backward always runs the one backward op.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import ops, reference
 
@@ -24,12 +29,38 @@ def _impl(fused: bool):
 
 
 def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
-    return (grad_b_ih if ctx.needs_input_grad[first] else None, grad_b_hh if ctx.needs_input_grad[first + 1] else None)
+    """The two biases' gradients. Where a cell has one sum for both (RNN, LSTM) the second
+    is a copy, so that changing one in place (a hook, autograd.grad's result) leaves the
+    other alone, as with torch.nn."""
+    wanted = ctx.needs_input_grad[first], ctx.needs_input_grad[first + 1]
+    if grad_b_hh is grad_b_ih and all(wanted):
+        grad_b_hh = grad_b_ih.clone()
+    return (grad_b_ih if wanted[0] else None, grad_b_hh if wanted[1] else None)
 
 
 def _report(flow, norms):
     if flow is not None:
         flow(norms)
+
+
+def _backward(ctx, fused_backward, reference_forward, inputs, grads):
+    """The Function's gradients. Usually one call of the chunk backward op. Under
+    create_graph=True (grad mode on inside backward) the gradients must have a graph of
+    their own: they come from the reference forward, recomputed under autograd from the
+    saved inputs and differentiated (the flow record still comes from the backward op).
+    `inputs` are the differentiable inputs in apply's order, `grads` the outputs' grads."""
+    if not torch.is_grad_enabled():
+        return fused_backward(*grads)
+    if ctx.flow is not None:
+        with torch.no_grad():
+            fused_backward(*(g.detach() for g in grads))
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    outputs = reference_forward(*inputs)[: len(grads)]
+    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
+    result = [None] * len(ctx.needs_input_grad)
+    for i, g in zip(wanted, found):
+        result[i] = g
+    return tuple(result)
 
 
 class RNNChunk(torch.autograd.Function):
@@ -38,21 +69,26 @@ class RNNChunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
         output, h_n = _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
-        ctx.save_for_backward(input, output, w_ih, w_hh, h0, reset)
+        ctx.save_for_backward(input, output, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
         return output, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_h_n):
-        input, output, w_ih, w_hh, h0, reset = ctx.saved_tensors
-        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, norms = _impl(ctx.fused).rnn_chunk_backward(
-            grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, ctx.reverse, ctx.relu,
-            ctx.needs_input_grad[0], ctx.flow is not None,
-        )
-        _report(ctx.flow, norms)
-        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
-                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, None, None, None, None, None)
+        input, output, w_ih, w_hh, b_ih, b_hh, h0, reset = ctx.saved_tensors
+
+        def fused_backward(grad_output, grad_h_n):
+            grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, norms = _impl(ctx.fused).rnn_chunk_backward(
+                grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, ctx.reverse, ctx.relu,
+                ctx.needs_input_grad[0], ctx.flow is not None,
+            )
+            _report(ctx.flow, norms)
+            return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                    *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, None, None, None, None, None)
+
+        return _backward(ctx, fused_backward,
+                         lambda *a: reference.rnn_chunk_forward(*a, reset, ctx.reverse, ctx.relu),
+                         (input, w_ih, w_hh, b_ih, b_hh, h0), (grad_output, grad_h_n))
 
 
 class LSTMChunk(torch.autograd.Function):
@@ -64,23 +100,31 @@ class LSTMChunk(torch.autograd.Function):
                 w_hr=None):
         output, h_n, c_n, saved = _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset,
                                                                   reverse, w_hr)
-        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, c0, reset, w_hr)
+        ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         return output, h_n, c_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
-        input, output, saved, w_ih, w_hh, h0, c0, reset, w_hr = ctx.saved_tensors
-        (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms,
-         grad_w_hr) = _impl(ctx.fused).lstm_chunk_backward(
-            grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, ctx.reverse,
-            ctx.needs_input_grad[0], ctx.flow is not None, w_hr,
-        )
-        _report(ctx.flow, norms)
-        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
-                *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, grad_c0, None, None, None, None,
-                grad_w_hr if w_hr is not None else None)
+        input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr = ctx.saved_tensors
+
+        def fused_backward(grad_output, grad_h_n, grad_c_n):
+            (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms,
+             grad_w_hr) = _impl(ctx.fused).lstm_chunk_backward(
+                grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, ctx.reverse,
+                ctx.needs_input_grad[0], ctx.flow is not None, w_hr,
+            )
+            _report(ctx.flow, norms)
+            return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                    *_bias_grads(ctx, 3, grad_bias, grad_bias), grad_h0, grad_c0, None, None, None, None,
+                    grad_w_hr if w_hr is not None else None)
+
+        def reference_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, _reset, _reverse, _fused, _flow, w_hr):
+            return reference.lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, ctx.reverse, w_hr)
+
+        # in apply's order: w_hr is its last argument, after reset, reverse, fused and flow
+        inputs = (input, w_ih, w_hh, b_ih, b_hh, h0, c0, None, None, None, None, w_hr)
+        return _backward(ctx, fused_backward, reference_forward, inputs, (grad_output, grad_h_n, grad_c_n))
 
 
 class GRUChunk(torch.autograd.Function):
@@ -89,18 +133,24 @@ class GRUChunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
         output, h_n, saved = _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
-        ctx.save_for_backward(input, output, saved, w_ih, w_hh, h0, reset)
+        ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         return output, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_h_n):
-        input, output, saved, w_ih, w_hh, h0, reset = ctx.saved_tensors
-        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, norms = _impl(ctx.fused).gru_chunk_backward(
-            grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, ctx.reverse,
-            ctx.needs_input_grad[0], ctx.flow is not None,
-        )
-        _report(ctx.flow, norms)
-        return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
-                *_bias_grads(ctx, 3, grad_b_ih, grad_b_hh), grad_h0, None, None, None, None)
+        input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset = ctx.saved_tensors
+
+        def fused_backward(grad_output, grad_h_n):
+            (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
+             norms) = _impl(ctx.fused).gru_chunk_backward(
+                grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, ctx.reverse,
+                ctx.needs_input_grad[0], ctx.flow is not None,
+            )
+            _report(ctx.flow, norms)
+            return (grad_input if ctx.needs_input_grad[0] else None, grad_w_ih, grad_w_hh,
+                    *_bias_grads(ctx, 3, grad_b_ih, grad_b_hh), grad_h0, None, None, None, None)
+
+        return _backward(ctx, fused_backward,
+                         lambda *a: reference.gru_chunk_forward(*a, reset, ctx.reverse),
+                         (input, w_ih, w_hh, b_ih, b_hh, h0), (grad_output, grad_h_n))

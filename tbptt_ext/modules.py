@@ -53,8 +53,15 @@ class _PackedLayout:
     """Runs of equal batch size of a PackedSequence, and the permutation of its
     rows that reverses every sequence in time (an involution)."""
 
-    def __init__(self, batch_sizes: Tensor, device: torch.device):
-        sizes = batch_sizes.tolist()
+    def __init__(self, batch_sizes: Tensor, rows: int, device: torch.device):
+        sizes = batch_sizes.tolist() if batch_sizes.dim() == 1 else None
+        # torch.nn.utils.rnn.pack_* always build valid ones; a hand-built one may not be
+        if not sizes or sizes[-1] < 1 or any(a < b for a, b in zip(sizes, sizes[1:])) or sum(sizes) != rows:
+            raise ValueError(
+                "PackedSequence: batch_sizes must be a non-empty 1-D tensor of positive, non-increasing sizes that "
+                f"sum to the number of data rows ({rows}), got {batch_sizes.tolist()}; build it with "
+                "torch.nn.utils.rnn.pack_padded_sequence or pack_sequence"
+            )
         self.segments: list[tuple[int, int, int]] = []  # (first row, steps, batch)
         start = 0
         for t, size in enumerate(sizes):
@@ -112,7 +119,7 @@ class _ChunkedRNNBase(nn.RNNBase):
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            layout = _PackedLayout(batch_sizes, data.device)
+            layout = _PackedLayout(batch_sizes, data.shape[0], data.device)
             return _Input(data, int(batch_sizes[0]), layout, (batch_sizes, sorted_indices, unsorted_indices))
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
@@ -156,7 +163,7 @@ class _ChunkedRNNBase(nn.RNNBase):
         if not isinstance(reset, Tensor):
             raise TypeError(f"{name}: reset must be a bool tensor, got {type(reset).__name__}")
         if reset.dtype != torch.bool and (reset.dtype.is_floating_point or reset.dtype.is_complex):
-            raise TypeError(f"{name}: reset must be a bool (or integer 0/1) tensor, got {reset.dtype}")
+            raise TypeError(f"{name}: reset must be a bool (or integer, nonzero = reset) tensor, got {reset.dtype}")
         steps, batch = inp.x.shape[0], inp.x.shape[1]
         if not inp.batched:
             expected, layout = (steps,), "[T]"
@@ -299,8 +306,8 @@ class _ChunkedRNNBase(nn.RNNBase):
                     f"Input and hidden tensors are not at the same device, found input tensor at "
                     f"{input.device} and {name} tensor at {s.device}"
                 )
-            if s.dtype != input.dtype:
-                raise ValueError(
+            if s.dtype != input.dtype:  # RuntimeError, as torch.nn's kernels raise
+                raise RuntimeError(
                     f"{name} dtype ({s.dtype}) does not match input dtype ({input.dtype}); "
                     f"convert it: {name}.to({input.dtype})"
                 )
@@ -313,6 +320,11 @@ class _ChunkedRNNBase(nn.RNNBase):
                 raise TypeError(
                     f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
                     f"{type(hx).__name__}"
+                )
+            if not all(isinstance(s, Tensor) for s in hx):
+                raise TypeError(
+                    f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
+                    f"({', '.join(type(s).__name__ for s in hx)})"
                 )
             if hx[0].dim() != want or hx[1].dim() != want:
                 raise RuntimeError(

@@ -12,8 +12,19 @@ empty and the modules run the reference.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
+
+# A cap on the CPU kernels' instruction set (read once by the extension when it first
+# runs); a misspelt value would otherwise silently mean no cap.
+_ISA_CAP = os.environ.get("TBPTT_EXT_CPU_ISA", "")
+if _ISA_CAP not in ("", "baseline", "avx2", "avx512"):
+    raise ValueError(
+        f"TBPTT_EXT_CPU_ISA must be one of baseline, avx2 or avx512 (the most capable instruction set the CPU "
+        f"kernels may use), got {_ISA_CAP!r}; unset it to use the best the machine has"
+    )
 
 try:
     from . import _C  # noqa: F401  (importing the library registers the ops)

@@ -19,11 +19,24 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import operator
 import time
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+
+
+def _positive_int(value, message: str) -> int:
+    """`value` as an int if it is an integer >= 1 (a Python or NumPy integer, not a bool or
+    a float), else a ValueError with `message` and the value."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
+        raise ValueError(f"{message}, got {value!r}")
+    return number
 
 
 def detach_state(state: Any) -> Any:
@@ -104,13 +117,18 @@ class TBPTT:
         callback: Callable[[TBPTTUpdate], None] | None = None,
         progress: bool = False,
     ):
-        if isinstance(k1, bool) or not isinstance(k1, int) or k1 < 1:
-            raise ValueError(f"k1 must be an integer >= 1, got {k1!r}")
-        k2 = k1 if k2 is None else k2
-        if isinstance(k2, bool) or not isinstance(k2, int) or k2 < k1 or k2 % k1 != 0:
+        k1 = _positive_int(k1, "k1 must be an integer >= 1")
+        k2 = k1 if k2 is None else _positive_int(k2, f"k2 must be a multiple of k1 = {k1} (k1, 2*k1, ...)")
+        if k2 < k1 or k2 % k1 != 0:
             raise ValueError(f"k2 must be a multiple of k1 = {k1} (k1, 2*k1, ...), got {k2!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        if max_grad_norm is not None:
+            try:
+                norm = None if isinstance(max_grad_norm, (bool, str)) else float(max_grad_norm)
+            except (TypeError, ValueError, RuntimeError):
+                norm = None
+            if norm is None or not norm > 0:
+                raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
+            max_grad_norm = norm
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k1, self.k2, self.window = k1, k2, k2 // k1
         self.max_grad_norm, self.batch_first = max_grad_norm, batch_first

@@ -179,5 +179,28 @@ def test_truncation_bias_same_dropout_masks_and_errors():
     x, y = torch.randn(12, B, I, dtype=torch.float64), torch.randn(12, B, 2, dtype=torch.float64)
     result = truncation_bias(model, x, y, nn.functional.mse_loss, ks=[12])
     assert result.cosine[0] == pytest.approx(1.0)  # k = window: the same masks, the same gradient
-    with pytest.raises(ValueError, match="ks must be positive"):
-        truncation_bias(model, x, y, nn.functional.mse_loss, ks=[0])
+    for ks in ([0], [2.5], [True]):
+        with pytest.raises(ValueError, match="each of ks must be a positive integer"):
+            truncation_bias(model, x, y, nn.functional.mse_loss, ks=ks)
+    with pytest.raises(ValueError, match="ks must list at least one"):
+        truncation_bias(model, x, y, nn.functional.mse_loss, ks=[])
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_gradient_flow_under_create_graph(cell):
+    # a backward with create_graph=True (gradients recomputed through the reference
+    # forward, see tbptt_ext.functions) still records the same per-step norms
+    if "cpu" not in tbptt_ext.compiled_backends():
+        pytest.skip("compiled CPU kernels not available")
+    torch.manual_seed(0)
+    module = make(cell, 1, False, "fused")
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(T, B, H, dtype=torch.float64)
+    records = []
+    for create_graph in (False, True):
+        with GradientFlow(module) as flow:
+            out, _ = module(x)
+            (grad_x,) = torch.autograd.grad((out * weights).sum(), x, create_graph=create_graph)
+        assert grad_x.requires_grad == create_graph and len(flow.records) == 1
+        records.append(flow.records[0])
+    torch.testing.assert_close(records[1], records[0], rtol=1e-12, atol=0)

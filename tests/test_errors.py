@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import tbptt_ext
 
@@ -54,7 +54,8 @@ def test_lstm_cell_state_wrong_shape():
         m(torch.randn(3, 2, 4), (torch.randn(1, 2, 5), torch.randn(1, 3, 5)))
 
 
-@pytest.mark.parametrize("hx", [torch.randn(1, 2, 5), [torch.randn(1, 2, 5)], "h"])
+@pytest.mark.parametrize("hx", [torch.randn(1, 2, 5), [torch.randn(1, 2, 5)], "h", (torch.randn(1, 2, 5), None),
+                                (None, torch.randn(1, 2, 5))])
 def test_lstm_hx_not_a_tuple(hx):
     with pytest.raises(TypeError, match="hx must be a tuple \\(h_0, c_0\\)"):
         make("LSTM")(torch.randn(3, 2, 4), hx)
@@ -70,7 +71,7 @@ def test_rnn_hx_not_a_tensor(name):
 def test_dtype_mismatch(name):
     with pytest.raises(ValueError, match="input dtype \\(torch.float64\\) does not match weight dtype"):
         make(name)(torch.randn(3, 2, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="hx dtype \\(torch.float64\\) does not match input dtype"):
+    with pytest.raises(RuntimeError, match="hx dtype \\(torch.float64\\) does not match input dtype"):
         make(name)(torch.randn(3, 2, 4), state(name, (1, 2, 5), dtype=torch.float64))
 
 
@@ -139,3 +140,11 @@ def test_packed_input_wrong_feature_size():
     packed = pack_padded_sequence(torch.randn(3, 2, 3), [3, 2])
     with pytest.raises(RuntimeError, match="must be equal to input_size"):
         make("LSTM")(packed)
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("sizes,rows", [([3, 0, 2], 5), ([1, 2], 3), ([], 0), ([2, 1], 4)])
+def test_hand_built_packed_sequence_with_bad_batch_sizes(name, sizes, rows):
+    packed = PackedSequence(torch.randn(rows, 4), torch.tensor(sizes, dtype=torch.int64))
+    with pytest.raises(ValueError, match="batch_sizes must be a non-empty 1-D tensor of positive, non-increasing"):
+        make(name)(packed)

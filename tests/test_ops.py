@@ -304,6 +304,13 @@ def test_every_instruction_set_variant(isa):
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
+def test_misspelt_instruction_set_cap_is_an_error():
+    env = dict(os.environ, TBPTT_EXT_CPU_ISA="avx")
+    out = subprocess.run([sys.executable, "-c", "import tbptt_ext"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "TBPTT_EXT_CPU_ISA must be one of baseline, avx2 or avx512" in out.stderr and "'avx'" in out.stderr
+
+
 # ----------------------------------------------------------- LSTM projections
 def projected_args(T, B, I, H, P, dtype, seed, reset_kind="none", requires_grad=False):
     g = torch.Generator().manual_seed(seed)

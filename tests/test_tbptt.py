@@ -244,13 +244,26 @@ def test_memory_is_flat_in_sequence_length():
         (dict(k1=2.5), "k1 must be an integer >= 1"),
         (dict(k1=4, k2=6), "k2 must be a multiple of k1 = 4"),
         (dict(k1=4, k2=2), "k2 must be a multiple of k1 = 4"),
-        (dict(k1=4, max_grad_norm=0), "max_grad_norm must be positive"),
+        (dict(k1=True), "k1 must be an integer >= 1"),
+        (dict(k1=4, k2=8.0), "k2 must be a multiple of k1 = 4"),
+        (dict(k1=4, max_grad_norm=0), "max_grad_norm must be a positive number"),
+        (dict(k1=4, max_grad_norm=True), "max_grad_norm must be a positive number"),
+        (dict(k1=4, max_grad_norm="1"), "max_grad_norm must be a positive number"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     model = RNNWithHead(tbptt_ext.RNN(3, 6))
     with pytest.raises(ValueError, match=match):
         TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, **kwargs)
+
+
+def test_numpy_integers_and_tensor_norm_accepted():
+    np = pytest.importorskip("numpy")
+    model = RNNWithHead(tbptt_ext.RNN(3, 6))
+    trainer = TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, np.int64(2),
+                    k2=np.int32(4), max_grad_norm=torch.tensor(0.5))
+    assert (trainer.k1, trainer.k2, trainer.max_grad_norm) == (2, 4, 0.5)
+    assert type(trainer.k1) is int and type(trainer.max_grad_norm) is float
 
 
 def test_bad_inputs():
