@@ -55,9 +55,11 @@ def _backward(ctx, fused_backward, reference_forward, inputs, grads):
         with torch.no_grad():
             fused_backward(*(g.detach() for g in grads))
     wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    result = [None] * len(ctx.needs_input_grad)
+    if not wanted:
+        return tuple(result)
     outputs = reference_forward(*inputs)[: len(grads)]
     found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
-    result = [None] * len(ctx.needs_input_grad)
     for i, g in zip(wanted, found):
         result[i] = g
     return tuple(result)
