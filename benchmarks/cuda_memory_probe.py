@@ -1,9 +1,9 @@
 """Which tensors are alive at the peak of one chunk's forward + backward on a GPU.
 
-benchmarks/bench_cuda.py measures tbptt_ext's peak memory above cuDNN's for LSTM and GRU
-at B >= 64 (up to 1.52x, H200, 2026-11-27), the same on every CUDA path; in bfloat16 it
-needs about 5 [T, B, H] units more than in float32, as if float32 buffers of about 5H per
-step and row were alive. This script records the CUDA caching allocator's history
+Written when benchmarks/bench_cuda.py measured tbptt_ext's peak memory above cuDNN's for
+LSTM and GRU at B >= 64 (up to 1.52x, H200, 2026-11-27; in bfloat16 about 5 [T, B, H]
+units more than in float32). What it found was fixed: the peak is now at or below
+cuDNN's at every point measured (benchmarks/RESULTS.md). This script records the CUDA caching allocator's history
 (torch.cuda.memory._record_memory_history) over one fwd+bwd of the same chunk as
 bench_cuda.py (x needs a gradient, carried state, random output gradients), replays the
 allocations to the moment the allocated bytes peak, and prints the blocks alive then,

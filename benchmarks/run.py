@@ -15,7 +15,7 @@ Writes to --out: results.json (raw numbers + environment), results.csv, results.
 (markdown table with the speedup vs torch.nn), speedup_<cell>_<dtype>.png (heatmap
 over B x H), memory_vs_T.png (full BPTT vs TBPTT), k_sweep.png.
 
-    python benchmarks/run.py --quick          # 2-core CPU: under 3 minutes
+    python benchmarks/run.py --quick          # 2-core CPU: under a minute
     python benchmarks/run.py                  # full grid (GPU: B 1..128 x H 128..1024, k=64)
 """
 
@@ -351,7 +351,7 @@ def ints(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small CPU grid, a few repeats (< 3 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small CPU grid, a few repeats (under a minute on 2 cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cells", default="RNN,LSTM,GRU")
     p.add_argument("--batch", type=ints, default=None, help="comma-separated batch sizes")

@@ -129,6 +129,13 @@ class TBPTT:
             if norm is None or not norm > 0:
                 raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
             max_grad_norm = norm
+        if not callable(model) or not callable(loss_fn):
+            raise ValueError(f"model and loss_fn must be callables, got {type(model).__name__} and "
+                             f"{type(loss_fn).__name__}")
+        if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad")) or not hasattr(
+                optimizer, "param_groups"):
+            raise ValueError("optimizer must be a torch.optim.Optimizer (with step, zero_grad and param_groups), got "
+                             f"{type(optimizer).__name__}")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k1, self.k2, self.window = k1, k2, k2 // k1
         self.max_grad_norm, self.batch_first = max_grad_norm, batch_first

@@ -88,5 +88,63 @@ def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, caps
     out = capsys.readouterr().out
     assert "rel. error" in out and "smallest k with cosine" in out or "no k up to 8" in out
     assert (tmp_path / "bias.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="must be at least the largest k"):
+    with pytest.raises(SystemExit) as exit_info:
         probe.main(["--load", str(model_file), "--ks", "4,32", "--window", "16"])
+    assert exit_info.value.code == 2 and "must be at least the largest k (32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch", "0"], "--batch must be positive, got 0"),
+    (["--bptt", "-1"], "--bptt must be positive, got -1"),
+    (["--max-chars", "-100"], "--max-chars must be positive, got -100"),
+    (["--sample-chars", "-3"], "--sample-chars must be at least 0, got -3"),
+    (["--lr", "0"], "--lr must be a positive number, got 0.0"),
+    (["--clip", "-1"], "--clip must be a positive number, got -1.0"),
+    (["--device", "foo"], "--device 'foo' is not a device torch knows"),
+    (["--text", "/nonexistent/corpus.txt"], "--text /nonexistent/corpus.txt: no such file"),
+])
+def test_char_lm_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        char_lm.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_char_lm_too_little_text_for_the_batch_and_chunk():
+    with pytest.raises(SystemExit, match="too few for --batch 32 x --bptt 64.*use about 2,190 bytes"):
+        char_lm.run(["--max-chars", "2000", "--device", "cpu"])
+    # the smallest amount it names is enough
+    char_lm.check_corpus_size(char_lm.parse_args(["--device", "cpu"]), 2190)
+
+
+def test_char_lm_compare_ends_when_a_training_process_fails():
+    # a child that dies (here: arguments it cannot use) must end the comparison with an
+    # error, not leave the parent waiting for a result forever
+    import argparse
+
+    with pytest.raises(SystemExit, match="training tbptt_ext.LSTM in its own process failed \\(exit code 1\\)"):
+        char_lm.train_isolated(argparse.Namespace(), "tbptt_ext.LSTM")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ks", "8,abc"], "--ks must be comma-separated positive integers"),
+    (["--ks", "0,8"], "--ks must be comma-separated positive integers"),
+    (["--threshold", "2"], "--threshold is a cosine similarity: it must be in (0, 1], got 2.0"),
+    (["--window", "4"], "--window 4 must be at least the largest k (256)"),
+    (["--batch", "0"], "--batch must be positive, got 0"),
+    (["--load", "/nonexistent/model.pt"], "--load /nonexistent/model.pt: no such file"),
+])
+def test_probe_bad_arguments_are_usage_errors(argv, message, capsys):
+    from tbptt_ext.examples import probe
+
+    with pytest.raises(SystemExit) as exit_info:
+        probe.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_probe_load_of_a_file_that_is_not_a_saved_model(tmp_path):
+    from tbptt_ext.examples import probe
+
+    path = tmp_path / "notes.pt"
+    path.write_text("not a model")
+    with pytest.raises(SystemExit, match="not a model saved by tbptt-char-lm --save"):
+        probe.main(["--load", str(path)])

@@ -257,6 +257,15 @@ def test_bad_arguments(kwargs, match):
         TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, **kwargs)
 
 
+def test_not_an_optimizer_or_not_callables():
+    model = RNNWithHead(tbptt_ext.RNN(3, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer .*got str"):
+        TBPTT(model, "sgd", nn.functional.mse_loss, 4)
+    with pytest.raises(ValueError, match="model and loss_fn must be callables, got RNNWithHead and str"):
+        TBPTT(model, optimizer, "mse", 4)
+
+
 def test_numpy_integers_and_tensor_norm_accepted():
     np = pytest.importorskip("numpy")
     model = RNNWithHead(tbptt_ext.RNN(3, 6))

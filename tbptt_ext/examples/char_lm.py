@@ -19,6 +19,7 @@ import datetime
 import math
 import multiprocessing
 import os
+import queue as queue_module
 import resource
 import sysconfig
 import time
@@ -69,6 +70,53 @@ def load_corpus(text_file: str | None, max_bytes: int) -> Corpus:
     if len(data) < 1000:
         raise SystemExit(f"--text {text_file}: need at least 1000 bytes of text, got {len(data)}")
     return Corpus(data, [0])
+
+
+def check_corpus_size(args, n_bytes: int) -> None:
+    """SystemExit unless the text gives every stream at least one training chunk (k + 1
+    steps) and a held-out part of at least two steps."""
+    train_steps = int(n_bytes * 0.95) // args.batch
+    valid_steps = (n_bytes - int(n_bytes * 0.95)) // min(args.batch, 8)
+    if train_steps < args.bptt + 1 or valid_steps < 2:
+        need = max((args.bptt + 1) * args.batch / 0.95, 2 * min(args.batch, 8) / 0.05)
+        raise SystemExit(
+            f"{n_bytes:,} bytes of text are too few for --batch {args.batch} x --bptt {args.bptt}: each stream "
+            f"needs at least one chunk of {args.bptt + 1} steps and a held-out part; use about {math.ceil(need):,} "
+            "bytes or more (--max-chars, --text), or a smaller --batch or --bptt"
+        )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default in --help (where it has one)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def check_positive(p: argparse.ArgumentParser, args, *names: str, zero_ok: bool = False) -> None:
+    """p.error (usage and a message, exit code 2) for an option below 1 (below 0 with zero_ok)."""
+    for name in names:
+        value = getattr(args, name.replace("-", "_"))
+        if value < 0 or (value == 0 and not zero_ok):
+            p.error(f"--{name} must be {'at least 0' if zero_ok else 'positive'}, got {value}")
+
+
+def check_device(p: argparse.ArgumentParser, device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        p.error(f"--device {device!r} is not a device torch knows (for example cpu, cuda, cuda:1)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        p.error(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def check_text_file(p: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        p.error(f"{option} {path}: " + ("is a directory, not a file" if Path(path).is_dir() else "no such file"))
 
 
 def batchify(data: torch.Tensor, batch: int) -> torch.Tensor:
@@ -185,6 +233,7 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     corpus = load_corpus(args.text, args.max_chars)
+    check_corpus_size(args, len(corpus.data))
     data = torch.frombuffer(bytearray(corpus.data), dtype=torch.uint8).long()
     starts = torch.zeros(len(data), dtype=torch.bool)
     if args.file_resets:
@@ -269,38 +318,58 @@ def _train_in_child(args, rnn_name, queue):
 
 
 def train_isolated(args, rnn_name):
-    """Runs train() in a fresh process so that peak memory is its own."""
+    """Runs train() in a fresh process so that peak memory is its own; SystemExit if that
+    process ends without a result (its error is printed above by the process itself)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_train_in_child, args=(args, rnn_name, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                try:  # the result may have arrived just as the process ended
+                    result = queue.get(timeout=1.0)
+                    break
+                except queue_module.Empty:
+                    raise SystemExit(f"training {rnn_name} in its own process failed (exit code {proc.exitcode}); "
+                                     "its error is printed above") from None
     proc.join()
     return result
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--text", help="train on this file instead of the standard library's source")
-    p.add_argument("--max-chars", type=int, default=5_000_000, help="bytes of text to use (default 5M)")
+    p.add_argument("--max-chars", type=int, default=5_000_000, help="bytes of text to use")
     p.add_argument("--batch", type=int, default=32, help="parallel streams (over all processes)")
     p.add_argument("--bptt", type=int, default=64, help="chunk length k1 (truncation)")
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--embed", type=int, default=64, help="embedding width")
+    p.add_argument("--hidden", type=int, default=256, help="LSTM hidden size")
+    p.add_argument("--layers", type=int, default=1, help="LSTM layers")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm")
-    p.add_argument("--sample-chars", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sample-chars", type=int, default=300, help="length of the sample printed at the end (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to train")
     p.add_argument("--no-file-resets", dest="file_resets", action="store_false",
                    help="carry the state across source-file boundaries instead of restarting it there")
     p.add_argument("--save", help="save the trained model here (for tbptt-probe --load)")
     p.add_argument("--compare", action="store_true",
                    help="also train torch.nn.LSTM and compare (both without file resets: torch.nn has none)")
     p.add_argument("--dist-timeout", type=float, default=60.0,
-                   help="seconds to wait for all processes of a torchrun launch (default 60)")
+                   help="seconds to wait for all processes of a torchrun launch")
     args = p.parse_args(argv)
+    check_positive(p, args, "max-chars", "batch", "bptt", "embed", "hidden", "layers")
+    check_positive(p, args, "sample-chars", zero_ok=True)
+    for name in ("lr", "clip", "dist-timeout"):
+        value = getattr(args, name.replace("-", "_"))
+        if not value > 0:
+            p.error(f"--{name} must be a positive number, got {value}")
+    check_device(p, args.device)
+    check_text_file(p, "--text", args.text)
     if args.compare:
         args.file_resets = False
     return args
@@ -330,7 +399,8 @@ def run(argv=None):
                   f"{where}")
             print(f"corpus: {args.text or 'Python standard library source'}, {args.max_chars:,} bytes max; "
                   f"batch {args.batch} x bptt {args.bptt}, LSTM {args.layers}x{args.hidden}; state "
-                  f"{'restarted at each file boundary' if args.file_resets else 'carried across file boundaries'}")
+                  + ("carried throughout (one file)" if args.text else
+                     "restarted at each file boundary" if args.file_resets else "carried across file boundaries"))
         if not args.compare:
             r = train(args, "tbptt_ext.LSTM", dist=dist)
             if dist.rank == 0:
@@ -340,6 +410,7 @@ def run(argv=None):
                 if r["sample"]:
                     print("\nsample:\n" + r["sample"])
             return r
+        check_corpus_size(args, len(load_corpus(args.text, args.max_chars).data))  # here, before the processes
         results = [train_isolated(args, name) for name in ("tbptt_ext.LSTM", "torch.nn.LSTM")]
         print("\n" + comparison_table(results))
         if results[0]["sample"]:

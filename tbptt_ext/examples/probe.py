@@ -23,29 +23,52 @@ from tbptt_ext.examples import char_lm
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=char_lm.HelpFormatter)
     p.add_argument("--load", help="a model saved by tbptt-char-lm --save (default: train one briefly)")
     p.add_argument("--train-chars", type=int, default=600_000, help="bytes of text to train on first")
-    p.add_argument("--ks", default="8,16,32,64,128,256", help="truncation lengths to probe")
+    p.add_argument("--ks", default="8,16,32,64,128,256", help="truncation lengths to probe (comma-separated)")
     p.add_argument("--window", type=int, default=512, help="steps of the window (at least the largest k)")
     p.add_argument("--batch", type=int, default=16, help="streams in the window")
-    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity that counts as unbiased enough")
+    p.add_argument("--threshold", type=float, default=0.95,
+                   help="cosine similarity (at most 1) that counts as unbiased enough")
     p.add_argument("--plot", help="write a PNG of cosine and relative error against k")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to run")
+    args = p.parse_args(argv)
+    try:
+        args.ks = sorted({int(k) for k in args.ks.split(",")})
+    except ValueError:
+        p.error(f"--ks must be comma-separated positive integers, got {args.ks!r}")
+    if args.ks[0] < 1:
+        p.error(f"--ks must be comma-separated positive integers, got {args.ks}")
+    char_lm.check_positive(p, args, "train-chars", "window", "batch")
+    if not 0 < args.threshold <= 1:
+        p.error(f"--threshold is a cosine similarity: it must be in (0, 1], got {args.threshold}")
+    if args.window < args.ks[-1]:
+        p.error(f"--window {args.window} must be at least the largest k ({args.ks[-1]})")
+    char_lm.check_device(p, args.device)
+    char_lm.check_text_file(p, "--load", args.load)
+    return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    ks = sorted(int(k) for k in args.ks.split(","))
-    if args.window < ks[-1]:
-        raise SystemExit(f"--window {args.window} must be at least the largest k ({ks[-1]})")
-    if args.load:
-        saved = torch.load(args.load, map_location="cpu")
+def load_model(path: str):
+    """The model and its tbptt-char-lm arguments from a file of tbptt-char-lm --save."""
+    try:
+        saved = torch.load(path, map_location="cpu")
         lm_args = char_lm.parse_args([])
         vars(lm_args).update(saved["args"])
         model = char_lm.CharLM(tbptt_ext.LSTM, embed=lm_args.embed, hidden=lm_args.hidden, layers=lm_args.layers)
         model.load_state_dict(saved["model"])
+    except Exception as exc:  # not a file of tbptt-char-lm --save: say so, not torch's unpickling text
+        raise SystemExit(f"--load {path}: not a model saved by tbptt-char-lm --save "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'})") from None
+    return model, lm_args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    ks = args.ks
+    if args.load:
+        model, lm_args = load_model(args.load)
         print(f"loaded {args.load}")
     else:
         lm_args = char_lm.parse_args(["--max-chars", str(args.train_chars), "--sample-chars", "0",
