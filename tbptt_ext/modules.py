@@ -38,12 +38,11 @@ def _warn_missing_extension() -> None:
     if not _warned_missing_extension:
         _warned_missing_extension = True
         warnings.warn(
-            "tbptt_ext: the compiled extension could not be loaded "
-            f"({ops.EXTENSION_ERROR}); running the plain-PyTorch reference instead. "
-            "Install with `pip install --no-build-isolation .` to get the fused kernels; if you did, "
-            "this is probably the source tree's copy of tbptt_ext shadowing the installed one (python "
+            "tbptt_ext: no compiled kernels in this copy of tbptt_ext, so the plain-PyTorch reference runs "
+            "instead (slower). Install with `pip install --no-build-isolation .` to get the fused kernels; if "
+            "you did, this is probably the source tree's uncompiled copy shadowing the installed one (python "
             "started in the repository root): run from another directory, use `pip install -e`, or the "
-            "`tbptt-char-lm` command for the example.",
+            f"`tbptt-char-lm` command for the example. (Import error: {ops.EXTENSION_ERROR})",
             RuntimeWarning,
             stacklevel=4,
         )
