@@ -141,6 +141,13 @@ def test_probe_bad_arguments_are_usage_errors(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_probe_too_little_training_text_names_its_own_option():
+    from tbptt_ext.examples import probe
+
+    with pytest.raises(SystemExit, match="100 bytes of text are too few .*\\(--train-chars\\)"):
+        probe.main(["--train-chars", "100", "--device", "cpu"])
+
+
 def test_probe_load_of_a_file_that_is_not_a_saved_model(tmp_path):
     from tbptt_ext.examples import probe
 

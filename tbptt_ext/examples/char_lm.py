@@ -72,9 +72,10 @@ def load_corpus(text_file: str | None, max_bytes: int) -> Corpus:
     return Corpus(data, [0])
 
 
-def check_corpus_size(args, n_bytes: int) -> None:
+def check_corpus_size(args, n_bytes: int,
+                      remedy: str = "(--max-chars, --text), or a smaller --batch or --bptt") -> None:
     """SystemExit unless the text gives every stream at least one training chunk (k + 1
-    steps) and a held-out part of at least two steps."""
+    steps) and a held-out part of at least two steps; `remedy` names the options to change."""
     train_steps = int(n_bytes * 0.95) // args.batch
     valid_steps = (n_bytes - int(n_bytes * 0.95)) // min(args.batch, 8)
     if train_steps < args.bptt + 1 or valid_steps < 2:
@@ -82,7 +83,7 @@ def check_corpus_size(args, n_bytes: int) -> None:
         raise SystemExit(
             f"{n_bytes:,} bytes of text are too few for --batch {args.batch} x --bptt {args.bptt}: each stream "
             f"needs at least one chunk of {args.bptt + 1} steps and a held-out part; use about {math.ceil(need):,} "
-            "bytes or more (--max-chars, --text), or a smaller --batch or --bptt"
+            f"bytes or more {remedy}"
         )
 
 
