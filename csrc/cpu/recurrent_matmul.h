@@ -40,6 +40,8 @@ inline int64_t panel_width(Isa isa, size_t elem_size) {
   return kVectorsPerPanel * bytes / static_cast<int64_t>(elem_size);
 }
 
+inline int64_t tile_rows(Isa isa) { return isa == Isa::kAvx512 ? kTileRows<Isa::kAvx512> : kTileRows<Isa::kAvx2>; }
+
 // The micro-kernel's loop, shared with weight_grad.h: acc[r] += a(r, k) panel[k] over
 // k in [k0, k1), with a(r, k) = a[r * rs + k * ks] (rows of a, or a packed tile).
 template <Isa kIsa, typename T, int ROWS>

@@ -39,6 +39,7 @@ namespace wgrad {
 using matmul::kTileRows;
 using matmul::kVectorsPerPanel;
 using matmul::panel_width;
+using matmul::tile_rows;
 constexpr int64_t kKc = 256;  // rows of K per block: a B panel (kc x NR) stays in L1
 
 // c[rows, cols] (+)= sum over k < kc of a[k][0:MR]^T b[k][0:NR]; a, b packed.
@@ -164,8 +165,6 @@ TBPTT_ALWAYS_INLINE void pack_and_multiply(const T* a, int64_t lda, int64_t M, i
   multiply_tiles<kIsa, T>(packed_a, kc, M, i0, i1, packed_b, panel_group, panel_n0, panels, c, ldc, n, accumulate);
 }
 TBPTT_ISA_DISPATCH(pack_and_multiply)
-
-inline int64_t tile_rows(Isa isa) { return isa == Isa::kAvx512 ? kTileRows<Isa::kAvx512> : kTileRows<Isa::kAvx2>; }
 
 }  // namespace wgrad
 
