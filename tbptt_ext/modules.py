@@ -48,6 +48,17 @@ def _warn_missing_extension() -> None:
         )
 
 
+def _check_state_pair(name: str, hx) -> None:
+    """An LSTM's hx: a tuple (or list) of two tensors, else a TypeError saying what it is."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        got = type(hx).__name__
+    elif not all(isinstance(s, Tensor) for s in hx):
+        got = f"({', '.join(type(s).__name__ for s in hx)})"
+    else:
+        return
+    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {got}")
+
+
 class _PackedLayout:
     """Runs of equal batch size of a PackedSequence, and the permutation of its
     rows that reverses every sequence in time (an involution)."""
@@ -315,16 +326,7 @@ class _ChunkedRNNBase(nn.RNNBase):
         want = 3 if is_batched else 2
         kind = "batched 3-D" if is_batched else "unbatched 2-D"
         if self._has_cell_state:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(
-                    f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
-                    f"{type(hx).__name__}"
-                )
-            if not all(isinstance(s, Tensor) for s in hx):
-                raise TypeError(
-                    f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
-                    f"({', '.join(type(s).__name__ for s in hx)})"
-                )
+            _check_state_pair(type(self).__name__, hx)
             if hx[0].dim() != want or hx[1].dim() != want:
                 raise RuntimeError(
                     f"For {kind} input, hx and cx should also be {want}-D but got "
@@ -396,10 +398,7 @@ class LSTM(_ChunkedRNNBase):
         return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
 
     def check_forward_args(self, input, hidden, batch_sizes):
-        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
-            raise TypeError(
-                f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hidden).__name__}"
-            )
+        _check_state_pair("LSTM", hidden)
         self.check_input(input, batch_sizes)
         expected = self.get_expected_hidden_size(input, batch_sizes)
         self.check_hidden_size(hidden[0], expected, "Expected hidden[0] size {}, got {}")
@@ -409,8 +408,7 @@ class LSTM(_ChunkedRNNBase):
     def permute_hidden(self, hx, permutation):
         if permutation is None:
             return hx
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+        _check_state_pair("LSTM", hx)
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
 

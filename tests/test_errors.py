@@ -59,6 +59,8 @@ def test_lstm_cell_state_wrong_shape():
 def test_lstm_hx_not_a_tuple(hx):
     with pytest.raises(TypeError, match="hx must be a tuple \\(h_0, c_0\\)"):
         make("LSTM")(torch.randn(3, 2, 4), hx)
+    with pytest.raises(TypeError, match="hx must be a tuple \\(h_0, c_0\\)"):  # PackedSequence input too
+        make("LSTM")(pack_padded_sequence(torch.randn(3, 2, 4), [3, 2]), hx)
 
 
 @pytest.mark.parametrize("name", ["RNN", "GRU"])
