@@ -5,6 +5,13 @@ import torch
 
 from tbptt_ext.examples import char_lm
 
+def assert_usage_error(run, argv, message, capsys):
+    """run(argv) exits as argparse's p.error does: code 2, the message on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 TINY = ["--max-chars", "30000", "--batch", "4", "--bptt", "16", "--embed", "8", "--hidden", "16",
         "--sample-chars", "40", "--device", "cpu"]
 
@@ -88,9 +95,8 @@ def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, caps
     out = capsys.readouterr().out
     assert "rel. error" in out and "smallest k with cosine" in out or "no k up to 8" in out
     assert (tmp_path / "bias.png").stat().st_size > 0
-    with pytest.raises(SystemExit) as exit_info:
-        probe.main(["--load", str(model_file), "--ks", "4,32", "--window", "16"])
-    assert exit_info.value.code == 2 and "must be at least the largest k (32)" in capsys.readouterr().err
+    assert_usage_error(probe.main, ["--load", str(model_file), "--ks", "4,32", "--window", "16"],
+                       "must be at least the largest k (32)", capsys)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -104,9 +110,7 @@ def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, caps
     (["--text", "/nonexistent/corpus.txt"], "--text /nonexistent/corpus.txt: no such file"),
 ])
 def test_char_lm_bad_arguments_are_usage_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        char_lm.parse_args(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert_usage_error(char_lm.parse_args, argv, message, capsys)
 
 
 def test_char_lm_too_little_text_for_the_batch_and_chunk():
@@ -136,9 +140,7 @@ def test_char_lm_compare_ends_when_a_training_process_fails():
 def test_probe_bad_arguments_are_usage_errors(argv, message, capsys):
     from tbptt_ext.examples import probe
 
-    with pytest.raises(SystemExit) as exit_info:
-        probe.parse_args(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert_usage_error(probe.parse_args, argv, message, capsys)
 
 
 def test_probe_too_little_training_text_names_its_own_option():
