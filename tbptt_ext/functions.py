@@ -15,6 +15,14 @@ products) work as with torch.nn on the CPU: the backward then recomputes the chu
 the plain-PyTorch reference forward under autograd and differentiates that, so the
 gradients it returns have a graph of their own. That costs a second forward at the
 reference's speed; a first-order backward always runs the one backward op.
+
+The Functions are written in the ``setup_context`` form, so ``torch.func.grad``, ``vjp``,
+``jacrev`` and ``functional_call`` work over the modules, as over torch.nn's. Those
+transforms always differentiate with a graph (to compose), so under them the backward
+takes the recomputing path above. ``vmap`` and forward-mode AD (``jvp``, ``jacfwd``) are
+not supported (torch.nn's CPU LSTM supports neither). LSTM and GRU save an activation
+buffer that setup_context can only see as an output: ``_LSTMChunk`` and ``_GRUChunk``
+return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop it.
 """
 
 from __future__ import annotations
@@ -58,9 +66,18 @@ def _backward(ctx, fused_backward, reference_forward, inputs, grads):
     result = [None] * len(ctx.needs_input_grad)
     if not wanted:
         return tuple(result)
-    outputs = reference_forward(*inputs)[: len(grads)]
-    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
-    for i, g in zip(wanted, found):
+
+    def forward(*differentiable):
+        args = list(inputs)
+        for i, t in zip(wanted, differentiable):
+            args[i] = t
+        return tuple(reference_forward(*args)[: len(grads)])
+
+    # torch.func.vjp rather than autograd.grad: under torch.func transforms the saved
+    # inputs need not require grad at this level, and vjp composes with whatever level
+    # (or create_graph) differentiates this backward in turn.
+    _, vjp_fn = torch.func.vjp(forward, *(inputs[i] for i in wanted))
+    for i, g in zip(wanted, vjp_fn(tuple(grads))):
         result[i] = g
     return tuple(result)
 
@@ -69,11 +86,14 @@ class RNNChunk(torch.autograd.Function):
     """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow) -> (output [T,B,H], h_n [B,H])."""
 
     @staticmethod
-    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
-        output, h_n = _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
-        ctx.save_for_backward(input, output, w_ih, w_hh, b_ih, b_hh, h0, reset)
+    def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
+        return _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = inputs
+        ctx.save_for_backward(input, outputs[0], w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
-        return output, h_n
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
@@ -93,21 +113,23 @@ class RNNChunk(torch.autograd.Function):
                          (input, w_ih, w_hh, b_ih, b_hh, h0), (grad_output, grad_h_n))
 
 
-class LSTMChunk(torch.autograd.Function):
-    """(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr) -> (output [T,B,P], h_n [B,P],
-    c_n [B,H]); w_hr [P, H] or None (P = H) is torch.nn's projection (proj_size)."""
+class _LSTMChunk(torch.autograd.Function):
+    """LSTMChunk with the saved activations [T, B, 5H] (6H with w_hr) as a fourth output."""
 
     @staticmethod
-    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None,
-                w_hr=None):
-        output, h_n, c_n, saved = _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset,
-                                                                  reverse, w_hr)
+    def forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None, w_hr=None):
+        return _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr = inputs
+        output, saved = outputs[0], outputs[3]
+        ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
-        return output, h_n, c_n
 
     @staticmethod
-    def backward(ctx, grad_output, grad_h_n, grad_c_n):
+    def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved):
         input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr = ctx.saved_tensors
 
         def fused_backward(grad_output, grad_h_n, grad_c_n):
@@ -129,18 +151,32 @@ class LSTMChunk(torch.autograd.Function):
         return _backward(ctx, fused_backward, reference_forward, inputs, (grad_output, grad_h_n, grad_c_n))
 
 
-class GRUChunk(torch.autograd.Function):
-    """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow) -> (output [T,B,H], h_n [B,H])."""
+class LSTMChunk(_LSTMChunk):
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr) -> (output [T,B,P], h_n [B,P],
+    c_n [B,H]); w_hr [P, H] or None (P = H) is torch.nn's projection (proj_size)."""
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        return _LSTMChunk.apply(*args, **kwargs)[:3]
+
+
+class _GRUChunk(torch.autograd.Function):
+    """GRUChunk with the saved activations [T, B, 4H] as a third output."""
 
     @staticmethod
-    def forward(ctx, input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
-        output, h_n, saved = _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+    def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
+        return _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow = inputs
+        output, saved = outputs[0], outputs[2]
+        ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
-        return output, h_n
 
     @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
+    def backward(ctx, grad_output, grad_h_n, _grad_saved):
         input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset = ctx.saved_tensors
 
         def fused_backward(grad_output, grad_h_n):
@@ -156,3 +192,40 @@ class GRUChunk(torch.autograd.Function):
         return _backward(ctx, fused_backward,
                          lambda *a: reference.gru_chunk_forward(*a, reset, ctx.reverse),
                          (input, w_ih, w_hh, b_ih, b_hh, h0), (grad_output, grad_h_n))
+
+
+class GRUChunk(_GRUChunk):
+    """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow) -> (output [T,B,H], h_n [B,H])."""
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        return _GRUChunk.apply(*args, **kwargs)[:2]
+
+
+
+def _combined_form(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """`function` in the combined form (forward takes ctx), for the modules outside torch.func
+    transforms: Function.apply binds a setup_context Function's arguments to forward's
+    signature with inspect on every call, ~16 us, a tenth of a small chunk's forward op.
+    All arguments must be passed, by position. Named as the public Function (the profiler
+    and grad_fn show LSTMChunk, LSTMChunkBackward)."""
+
+    def forward(ctx, *args):
+        outputs = function.forward(*args)
+        function.setup_context(ctx, args, outputs)
+        return outputs
+
+    name = function.__name__.lstrip("_")
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": function.backward,
+                                                   "__doc__": function.__doc__, "__module__": __name__})
+
+
+_FORMS = {cell: (function, _combined_form(function))
+          for cell, function in (("RNN", RNNChunk), ("LSTM", _LSTMChunk), ("GRU", _GRUChunk))}
+
+
+def chunk_function(cell: str) -> type[torch.autograd.Function]:
+    """The Function the modules apply for `cell` ("RNN", "LSTM", "GRU"): RNNChunk, _LSTMChunk
+    or _GRUChunk under a torch.func transform, else its combined form (the same forward,
+    setup and backward, without the binding)."""
+    return _FORMS[cell][1 - torch._C._are_functorch_transforms_active()]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
-from .functions import GRUChunk, LSTMChunk, RNNChunk
+from .functions import chunk_function
 
 BACKENDS = ("auto", "fused", "reference")
 _warned_missing_extension = False
@@ -242,14 +242,15 @@ class _ChunkedRNNBase(nn.RNNBase):
         """One autograd.Function call: x [T, B, I] -> (output [T, B, H], final state)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = params
         if self.mode == "LSTM":
-            out, h, c = LSTMChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], state[1], reset, reverse, fused, flow,
-                                        w_hr)
+            out, h, c, _ = chunk_function("LSTM").apply(x, w_ih, w_hh, b_ih, b_hh, state[0], state[1], reset,
+                                                        reverse, fused, flow, w_hr)
             return out, (h, c)
         if self.mode == "GRU":
-            out, h = GRUChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse, fused, flow)
+            out, h, _ = chunk_function("GRU").apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse, fused,
+                                                    flow)
             return out, (h,)
-        out, h = RNNChunk.apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse, self.mode == "RNN_RELU", fused,
-                                flow)
+        out, h = chunk_function("RNN").apply(x, w_ih, w_hh, b_ih, b_hh, state[0], reset, reverse,
+                                             self.mode == "RNN_RELU", fused, flow)
         return out, (h,)
 
     def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow_slot):

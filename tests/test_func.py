@@ -1,0 +1,128 @@
+"""torch.func transforms (grad, vjp, jacrev, functional_call) over the modules, against
+torch.nn's under the same transforms, in float64."""
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vjp
+
+import tbptt_ext
+from conftest import assert_close
+from tbptt_ext.diagnostics import GradientFlow
+
+CONFIGS = [
+    ("RNN", {"nonlinearity": "relu"}), ("RNN", {"num_layers": 2, "bidirectional": True}),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}), ("LSTM", {"proj_size": 2}),
+    ("GRU", {"num_layers": 2}), ("GRU", {"bias": False, "bidirectional": True}),
+]
+
+
+def pair(name, kwargs, backend="auto", seed=0):
+    torch.manual_seed(seed)
+    ours = getattr(tbptt_ext, name)(3, 4, dtype=torch.float64, backend=backend, **kwargs)
+    theirs = getattr(torch.nn, name)(3, 4, dtype=torch.float64, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    params = {k: v.detach().clone() for k, v in ours.named_parameters()}
+    return ours, theirs, params
+
+
+def loss_of(module):
+    def loss(params, x):
+        out, state = functional_call(module, params, (x,))
+        h = state[0] if isinstance(state, tuple) else state
+        return out.sin().sum() + (h * h).sum()
+
+    return loss
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name,kwargs", CONFIGS)
+def test_func_grad_like_torch_nn(name, kwargs, backend):
+    ours, theirs, params = pair(name, kwargs, backend)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    got = grad(loss_of(ours), argnums=(0, 1))(params, x)
+    want = grad(loss_of(theirs), argnums=(0, 1))(params, x)
+    for key in params:
+        assert_close(got[0][key], want[0][key], torch.float64, f"grad of {key}")
+        assert got[0][key].abs().sum() > 0
+    assert_close(got[1], want[1], torch.float64, "grad of the input")
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS[1:4])
+def test_jacrev_of_the_output_like_torch_nn(name, kwargs):
+    ours, theirs, params = pair(name, kwargs)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    got = jacrev(lambda x: functional_call(ours, params, (x,))[0])(x)
+    want = jacrev(lambda x: functional_call(theirs, params, (x,))[0])(x)
+    assert got.shape == (4, 2, 8 if "bidirectional" in kwargs else 2 if "proj_size" in kwargs else 4, 4, 2, 3)
+    assert_close(got, want, torch.float64, "jacobian")
+
+
+@pytest.mark.parametrize("name,kwargs", [CONFIGS[0], CONFIGS[2], CONFIGS[4]])
+def test_hessian_vector_product_like_torch_nn(name, kwargs):
+    # grad of grad: the inner backward must itself be differentiable under the transform
+    ours, theirs, params = pair(name, kwargs, seed=1)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+
+    def hvp(module):
+        first = grad(loss_of(module))
+        return grad(lambda p: sum((first(p, x)[k] * v[k]).sum() for k in p))(params)
+
+    got, want = hvp(ours), hvp(theirs)
+    for key in params:
+        assert_close(got[key], want[key], torch.float64, f"hvp of {key}")
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_vjp_with_reset_matches_autograd(name):
+    # torch.nn has no reset masks: the truth here is the same module under plain autograd
+    torch.manual_seed(2)
+    module = getattr(tbptt_ext, name)(3, 4, dtype=torch.float64)
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    reset = torch.rand(5, 3) < 0.4
+    reset[2, 1] = True
+    out, vjp_fn = vjp(lambda p, x: functional_call(module, p, (x,), {"reset": reset})[0], params, x)
+    cotangent = torch.randn_like(out)
+    got_params, got_x = vjp_fn(cotangent)
+    xr = x.clone().requires_grad_()
+    want = torch.autograd.grad((module(xr, reset=reset)[0] * cotangent).sum(), [xr, *module.parameters()])
+    assert_close(got_x, want[0], torch.float64, "input")
+    for (key, _), w in zip(module.named_parameters(), want[1:]):
+        assert_close(got_params[key], w, torch.float64, key)
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_gradient_flow_recorded_under_func_grad(name):
+    torch.manual_seed(3)
+    module = getattr(tbptt_ext, name)(3, 4, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with GradientFlow(module) as flow:
+        module(x)[0].sin().sum().backward()
+        grad(lambda p: functional_call(module, p, (x,))[0].sin().sum())(
+            {k: v.detach() for k, v in module.named_parameters()})
+    assert len(flow.records) == 2
+    torch.testing.assert_close(flow.records[1], flow.records[0], rtol=1e-12, atol=0)
+
+
+def test_public_functions_keep_their_outputs_and_work_under_func_grad():
+    torch.manual_seed(4)
+    T, B, I, H = 4, 2, 3, 5
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(B, H, dtype=torch.float64)
+    ws = {g: (torch.randn(g * H, I, dtype=torch.float64), torch.randn(g * H, H, dtype=torch.float64),
+              torch.randn(g * H, dtype=torch.float64), torch.randn(g * H, dtype=torch.float64)) for g in (1, 3, 4)}
+    calls = {
+        "RNN": lambda w: tbptt_ext.RNNChunk.apply(x, *w, h0),
+        "GRU": lambda w: tbptt_ext.GRUChunk.apply(x, *w, h0),
+        "LSTM": lambda w: tbptt_ext.LSTMChunk.apply(x, *w, h0, torch.zeros_like(h0)),
+    }
+    for (cell, call), gates in zip(calls.items(), (1, 3, 4)):
+        outputs = call(ws[gates])
+        assert len(outputs) == (3 if cell == "LSTM" else 2)
+        assert outputs[0].shape == (T, B, H)
+        got = grad(lambda w: call(w)[0].sin().sum())(ws[gates])
+        w = [t.clone().requires_grad_() for t in ws[gates]]
+        want = torch.autograd.grad(call(w)[0].sin().sum(), w)
+        for a, b in zip(got, want):
+            assert_close(a, b, torch.float64, cell)
