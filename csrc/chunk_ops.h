@@ -17,6 +17,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -110,6 +111,12 @@ BackwardParams<Scalar, Acc> backward_params(const BackwardTensors& t) {
 }
 
 // ------------------------------------------------------------------ checks
+// The ops compute in the dtype of their inputs. Under torch.autocast the ATen calls
+// inside them (the input projection, the weight-gradient GEMMs) would otherwise be cast
+// to the autocast dtype, and the kernels would read a bfloat16 buffer as float32.
+// (Callers choose the dtype: the modules cast to it before the call.)
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
 struct Dims {
   int64_t T, B, I, H, P;  // P: the width of h (H without a projection)
 };
@@ -196,6 +203,7 @@ ForwardResult chunk_forward(const char* op, const at::Tensor& input, const at::T
                             const at::Tensor& w_hr = {}) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0, w_hr);
   for (const auto& [name, b] : {std::pair{"b_ih", &b_ih}, std::pair{"b_hh", &b_hh}}) {
     if (b->has_value()) check_arg(op, name, **b, {G * d.H}, input);
@@ -290,6 +298,7 @@ BackwardResult chunk_backward(const char* op, const at::Tensor& grad_output, con
                               bool input_needs_grad, bool record_flow, const at::Tensor& w_hr = {}) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   constexpr bool kCell = Cell::kCellIndex >= 0;
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const Dims d = check_dims<Cell>(op, input, w_ih, w_hh, h0, w_hr);
   check_arg(op, "grad_output", grad_output, {d.T, d.B, d.P}, input);
   check_arg(op, "output", output, {d.T, d.B, d.P}, input);

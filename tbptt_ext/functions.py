@@ -27,6 +27,8 @@ return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop i
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import ops, reference
@@ -34,6 +36,15 @@ from . import ops, reference
 
 def _impl(fused: bool):
     return ops if fused else reference
+
+
+def _no_autocast(device_type: str):
+    """The Functions compute in their inputs' dtype: torch.autocast must not cast the
+    reference's torch ops (the compiled ops guard their own ATen calls). Autocast is also
+    on in a backward called inside an autocast region."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
@@ -57,6 +68,11 @@ def _backward(ctx, fused_backward, reference_forward, inputs, grads):
     their own: they come from the reference forward, recomputed under autograd from the
     saved inputs and differentiated (the flow record still comes from the backward op).
     `inputs` are the differentiable inputs in apply's order, `grads` the outputs' grads."""
+    with _no_autocast(ctx.device_type):
+        return _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads)
+
+
+def _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads):
     if not torch.is_grad_enabled():
         return fused_backward(*grads)
     if ctx.flow is not None:
@@ -87,13 +103,15 @@ class RNNChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
-        return _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+        with _no_autocast(input.device.type):
+            return _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
         input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = inputs
         ctx.save_for_backward(input, outputs[0], w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
+        ctx.device_type = input.device.type
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
@@ -118,7 +136,8 @@ class _LSTMChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None, w_hr=None):
-        return _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
+        with _no_autocast(input.device.type):
+            return _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -127,6 +146,7 @@ class _LSTMChunk(torch.autograd.Function):
         ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
+        ctx.device_type = input.device.type
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved):
@@ -165,7 +185,8 @@ class _GRUChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
-        return _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+        with _no_autocast(input.device.type):
+            return _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -174,6 +195,7 @@ class _GRUChunk(torch.autograd.Function):
         ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
+        ctx.device_type = input.device.type
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, _grad_saved):

@@ -119,11 +119,31 @@ class _ChunkedRNNBase(nn.RNNBase):
         inp = self._normalize_input(input)
         hx = self._initial_state(inp, hx)
         states = tuple(hx) if self._has_cell_state else (hx,)
+        dtype = self._autocast_dtype(inp.x)
+        if dtype is None:
+            return self._forward(inp, states, reset, input, None)
+        # torch.autocast: input, state and parameters cast to one dtype, autocast off inside
+        inp.x = inp.x.to(dtype)
+        with torch.autocast(inp.x.device.type, enabled=False):
+            return self._forward(inp, tuple(s.to(dtype) for s in states), reset, input, dtype)
+
+    def _forward(self, inp: _Input, states: tuple[Tensor, ...], reset, input, dtype):
         self._check_state_tensors(inp.x, states)
         reset = self._normalize_reset(reset, input, inp)
         fused = self._use_fused(inp.x)
-        output, final = self._run_layers(inp, states, reset, fused)
+        output, final = self._run_layers(inp, states, reset, fused, dtype)
         return self._restore_output(inp, output, final)
+
+    def _autocast_dtype(self, x: Tensor) -> torch.dtype | None:
+        """Under torch.autocast for x's device, the dtype the layers run in: the autocast
+        dtype where a fused kernel exists for it (CUDA: float16, bfloat16), else float32 (the
+        CPU kernels: float32 and float64). None without autocast; autocast leaves float64
+        alone, as it does for torch.nn."""
+        device = x.device.type
+        if not torch.is_autocast_enabled(device) or torch.float64 in (x.dtype, self._flat_weights[0].dtype):
+            return None
+        dtype = torch.get_autocast_dtype(device)
+        return dtype if ops.has_fused_kernel(device, dtype) else torch.float32
 
     def _normalize_input(self, input) -> _Input:
         name = type(self).__name__
@@ -192,7 +212,7 @@ class _ChunkedRNNBase(nn.RNNBase):
             reset = reset.t()
         return reset.contiguous()
 
-    def _run_layers(self, inp: _Input, states: tuple[Tensor, ...], reset, fused):
+    def _run_layers(self, inp: _Input, states: tuple[Tensor, ...], reset, fused, dtype=None):
         directions = 2 if self.bidirectional else 1
         recorder = getattr(self, "_flow_recorder", None)  # tbptt_ext.diagnostics.GradientFlow
         flow = None
@@ -205,7 +225,7 @@ class _ChunkedRNNBase(nn.RNNBase):
             for direction in range(directions):
                 index = layer * directions + direction
                 out, state = self._run_direction(
-                    x, inp.layout, layer, direction == 1, tuple(s[index] for s in states), reset, fused,
+                    x, inp.layout, layer, direction == 1, tuple(s[index] for s in states), reset, fused, dtype,
                     (lambda offset, row=index: flow.slot(row, offset)) if flow is not None else None,
                 )
                 outputs.append(out)
@@ -229,14 +249,18 @@ class _ChunkedRNNBase(nn.RNNBase):
         return output, hidden
 
     # ------------------------------------------------------------------ cells
-    def _layer_params(self, layer: int, reverse: bool):
+    def _layer_params(self, layer: int, reverse: bool, dtype=None):
+        """The layer's parameters, cast to dtype (under autocast) where they differ."""
         suffix = f"_l{layer}" + ("_reverse" if reverse else "")
         w_ih = getattr(self, "weight_ih" + suffix)
         w_hh = getattr(self, "weight_hh" + suffix)
         b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
         b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
         w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
+        params = (w_ih, w_hh, b_ih, b_hh, w_hr)
+        if dtype is None:
+            return params
+        return tuple(p if p is None or p.dtype == dtype else p.to(dtype) for p in params)
 
     def _run_cell(self, x, params, state, reset, reverse, fused, flow):
         """One autograd.Function call: x [T, B, I] -> (output [T, B, H], final state)."""
@@ -253,9 +277,9 @@ class _ChunkedRNNBase(nn.RNNBase):
                                              self.mode == "RNN_RELU", fused, flow)
         return out, (h,)
 
-    def _run_direction(self, x, layout, layer, reverse, state, reset, fused, flow_slot):
+    def _run_direction(self, x, layout, layer, reverse, state, reset, fused, dtype, flow_slot):
         """flow_slot(time offset): where a call's gradient-flow record goes, or None."""
-        params = self._layer_params(layer, reverse)
+        params = self._layer_params(layer, reverse, dtype)
         if layout is None:
             return self._run_cell(x, params, state, reset, reverse, fused, flow_slot and flow_slot(0))
         # PackedSequence: rows are time-major, batch sorted by decreasing length; each

@@ -359,3 +359,20 @@ def test_projected_lstm_runs_the_reference_on_cuda():
     with pytest.raises(RuntimeError, match="CUDA kernels do not implement LSTM projections"):
         ops.lstm_chunk_forward(args[0], args[1], w_hh, args[3], args[4], h0, args[6], None, False,
                                torch.randn(3, 6, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_autocast_runs_the_half_kernels(name, dtype):
+    # under CUDA autocast the modules run in the autocast dtype (fused kernels exist for
+    # both), as cuDNN does: the same results as the module cast to that dtype
+    torch.manual_seed(0)
+    module = getattr(tbptt_ext, name)(16, 32, num_layers=2, device=DEVICE)
+    x = torch.randn(20, 4, 16, device=DEVICE)
+    with torch.autocast("cuda", dtype=dtype):
+        out, _ = module(x)
+    assert out.dtype == dtype
+    half = getattr(tbptt_ext, name)(16, 32, num_layers=2, device=DEVICE, dtype=dtype)
+    half.load_state_dict(module.state_dict())
+    expected, _ = half(x.to(dtype))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

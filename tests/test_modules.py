@@ -212,3 +212,49 @@ def test_bias_gradients_are_separate_tensors(name):
     assert torch.equal(grad_ih, grad_hh)
     grad_ih.mul_(2)
     assert torch.equal(grad_ih, 2 * grad_hh)
+
+
+# torch.autocast: the CPU kernels have float32 and float64 only, so under CPU autocast the
+# modules run in float32 (input, state and parameters cast; autocast off inside, also in a
+# backward called inside the region). The truth is the same module without autocast on the
+# same (float32-cast) input. Before, the ops' internal GEMMs were cast to bfloat16 and the
+# kernels read them as float32: wrong values, or a segfault.
+AUTOCAST = [("RNN", {}), ("LSTM", {"num_layers": 2, "bidirectional": True}), ("LSTM", {"proj_size": 3}),
+            ("GRU", {"batch_first": True})]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,kwargs", AUTOCAST)
+def test_cpu_autocast_runs_float32(name, kwargs, input_dtype, backend):
+    torch.manual_seed(0)
+    module = getattr(tbptt_ext, name)(8, 16, backend=backend, **kwargs)
+    x = torch.randn(30, 4, 8).to(input_dtype).requires_grad_()
+    results = []
+    for autocast in (True, False):
+        module.zero_grad()
+        xi = x if autocast else x.detach().float().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, state = module(xi)
+            h = state[0] if isinstance(state, tuple) else state
+            loss = out.square().sum() + h.sum()
+            loss.backward()
+        assert out.dtype == h.dtype == torch.float32
+        results.append([out, h, xi.grad, *(p.grad for p in module.parameters())])
+    assert results[0][2].dtype == input_dtype  # the input's gradient in the input's dtype
+    for i, (a, b) in enumerate(zip(*results)):
+        assert_close(a.float(), b.to(a.dtype).float(), torch.float32, f"result {i}")
+
+
+@requires_fused_cpu
+def test_ops_compute_in_their_inputs_dtype_under_autocast():
+    torch.manual_seed(0)
+    T, B, I, H = 40, 8, 16, 32
+    args = (torch.randn(T, B, I), torch.randn(4 * H, I) / 4, torch.randn(4 * H, H) / 6, torch.randn(4 * H),
+            torch.randn(4 * H), torch.randn(B, H), torch.randn(B, H), None, False)
+    plain = torch.ops.tbptt_ext.lstm_chunk_forward(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = torch.ops.tbptt_ext.lstm_chunk_forward(*args)
+    for a, b in zip(plain, cast):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
