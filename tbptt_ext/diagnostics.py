@@ -208,9 +208,12 @@ def truncation_bias(
     gradient backpropagates through the whole window; the truncated gradient for k runs
     the same forward (``model(x_chunk, state) -> (output, state)`` over chunks of k
     steps, outputs concatenated along time) with the state detached between chunks, as
-    TBPTT(k) does without optimizer steps. Each run draws the same random numbers
-    (dropout masks agree). The model's parameters, their ``.grad`` and its train/eval mode
-    are left as they were.
+    TBPTT(k) does without optimizer steps. If the model draws random numbers (dropout),
+    each k is compared with a full gradient whose forward runs in the same chunks of k
+    without detaching: the same calls draw the same masks, in the same order (one more
+    forward and backward per k; ``full_gradient_norm`` is the unchunked run's). The
+    model's parameters, their ``.grad``, its train/eval mode and the random state are left
+    as they were.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if hasattr(
         model, "named_parameters") else []
@@ -224,32 +227,40 @@ def truncation_bias(
     names, tensors = zip(*params)
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        rng = torch.get_rng_state(), (torch.cuda.get_rng_state(inputs.device) if devices else None)
 
-        def gradient(k: int) -> list[Tensor]:
-            torch.set_rng_state(rng[0])
+        def rng_state():
+            return torch.get_rng_state(), (torch.cuda.get_rng_state(inputs.device) if devices else None)
+
+        start = rng_state()
+
+        def gradient(k: int, detach: bool) -> list[Tensor]:
+            torch.set_rng_state(start[0])
             if devices:
-                torch.cuda.set_rng_state(rng[1], inputs.device)
+                torch.cuda.set_rng_state(start[1], inputs.device)
             s, outputs = detach_state(state), []
             for chunk in inputs.split(k, time_dim):
                 output, s = model(chunk, s)
                 outputs.append(output)
-                if k < steps:
+                if detach:
                     s = detach_state(s)
             loss = loss_fn(torch.cat(outputs, time_dim), targets)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
 
-        full = gradient(steps)
-        truncated = {k: gradient(k) for k in ks}
+        full = gradient(steps, detach=False)
+        after = rng_state()
+        random = not torch.equal(after[0], start[0]) or (devices and not torch.equal(after[1], start[1]))
+        truncated = {k: gradient(k, detach=k < steps) for k in ks}
+        full_for = {k: gradient(k, detach=False) if random and k < steps else full for k in ks}
     full_flat = torch.cat([g.reshape(-1).double() for g in full])
     full_norm = full_flat.norm().item()
     cosine, rel, per_param = [], [], {n: {"cosine": [], "relative_error": []} for n in names}
     for k in ks:
         flat = torch.cat([g.reshape(-1).double() for g in truncated[k]])
-        cosine.append(_cosine(flat, full_flat))
-        rel.append(((flat - full_flat).norm() / max(full_norm, 1e-300)).item())
-        for n, g, f in zip(names, truncated[k], full):
+        reference = torch.cat([g.reshape(-1).double() for g in full_for[k]])
+        cosine.append(_cosine(flat, reference))
+        rel.append(((flat - reference).norm() / reference.norm().clamp_min(1e-300)).item())
+        for n, g, f in zip(names, truncated[k], full_for[k]):
             g, f = g.reshape(-1).double(), f.reshape(-1).double()
             per_param[n]["cosine"].append(_cosine(g, f))
             per_param[n]["relative_error"].append(((g - f).norm() / f.norm().clamp_min(1e-300)).item())
