@@ -23,28 +23,30 @@ from .tbptt import _positive_int, detach_state
 
 # ------------------------------------------------------------ gradient flow
 class _Record:
-    """The norms of one forward call's backward: [rows = layers x directions, T]. Kept as
-    the op's raw outputs until `GradientFlow.records` is read, so that a backward pays
-    only for a list append."""
+    """Where the norms of one forward call's backward go: [rows = layers x directions, steps
+    of the call]. `seq` orders the calls of a recorder."""
 
-    def __init__(self, flow: GradientFlow, rows: int, steps: int, calls: int):
-        self.flow, self.rows, self.steps, self.calls = flow, rows, steps, calls
-        self.parts: list[tuple[int, int, Tensor]] = []
+    def __init__(self, flow: GradientFlow, rows: int, steps: int, seq: int):
+        self.flow, self.rows, self.steps, self.seq = flow, rows, steps, seq
 
     def slot(self, row: int, offset: int) -> Callable[[Tensor], None]:
         def receive(norms: Tensor) -> None:
-            self.parts.append((row, offset, norms.detach()))
-            if len(self.parts) == self.calls:  # every layer and direction is in: one record
-                self.flow._pending.append((self.rows, self.steps, self.parts))
-                self.parts = []
+            self.flow._receive(self, row, offset, norms.detach())
 
         return receive
 
 
-def _assemble(rows: int, steps: int, parts: list[tuple[int, int, Tensor]]) -> Tensor:
-    out = torch.full((rows, steps), float("nan"), dtype=torch.float64)
-    for row, offset, norms in parts:
-        out[row, offset : offset + norms.shape[0]] = norms.to("cpu", torch.float64)
+def _assemble(parts: list[tuple[_Record, int, int, Tensor]]) -> Tensor:
+    """One backward's record: the calls it reached side by side in forward order, each
+    call's steps at its own offset; NaN where a layer's backward did not run."""
+    calls = sorted({id(r): r for r, *_ in parts}.values(), key=lambda r: r.seq)
+    start, steps = {}, 0
+    for r in calls:
+        start[id(r)], steps = steps, steps + r.steps
+    out = torch.full((calls[0].rows, steps), float("nan"), dtype=torch.float64)
+    for record, row, offset, norms in parts:
+        first = start[id(record)] + offset
+        out[row, first : first + norms.shape[0]] = norms.to("cpu", torch.float64)
     return out
 
 
@@ -56,9 +58,11 @@ class GradientFlow(contextlib.AbstractContextManager):
     hidden units at every step t of the chunk: the total gradient reaching the layer's
     output at step t, its direct gradient plus what flows back from the step processed
     after it (for LSTM the gradient of h_t). ``records`` gets one float64 tensor of
-    shape [layers x directions, T] per forward call whose backward ran (row
-    layer * directions + direction). Nothing is recorded, and nothing is paid, outside
-    the context. For PackedSequence input the reverse direction's steps count from
+    shape [layers x directions, T] per backward (row layer * directions + direction): T
+    is the steps of the forward calls that backward reached, side by side in the order
+    they ran (one chunk, or with TBPTT(k1, k2 > k1) the k2-step window of its chunks);
+    NaN where a layer's backward did not run (its parameters frozen, say). Nothing is
+    recorded, and nothing is paid, outside the context. For PackedSequence input the reverse direction's steps count from
     each sequence's end. Eager mode only (not under torch.compile)::
 
         with tbptt_ext.diagnostics.GradientFlow(model.rnn) as flow:
@@ -73,14 +77,28 @@ class GradientFlow(contextlib.AbstractContextManager):
             )
         self.module = module
         self._records: list[Tensor] = []
-        self._pending: list = []  # (rows, steps, parts) of backwards not yet assembled
+        self._pending: list = []  # the parts of each finished backward, not yet assembled
+        self._current: list = []  # (record, row, offset, norms) of the backward running now
+        self._calls = 0
 
     @property
     def records(self) -> list[Tensor]:
         """One float64 tensor [layers x directions, T] per backward, in order."""
         while self._pending:
-            self._records.append(_assemble(*self._pending.pop(0)))
+            self._records.append(_assemble(self._pending.pop(0)))
         return self._records
+
+    def _receive(self, record: _Record, row: int, offset: int, norms: Tensor) -> None:
+        # (a backward pays a list append; the first of a backward also asks the engine to
+        # close the record when that backward ends)
+        if not self._current:
+            torch.autograd.Variable._execution_engine.queue_callback(self._close_backward)
+        self._current.append((record, row, offset, norms))
+
+    def _close_backward(self) -> None:
+        if self._current:
+            self._pending.append(self._current)
+            self._current = []
 
     def __enter__(self) -> GradientFlow:
         if getattr(self.module, "_flow_recorder", None) is not None:
@@ -91,12 +109,12 @@ class GradientFlow(contextlib.AbstractContextManager):
     def __exit__(self, *exc) -> None:
         self.module._flow_recorder = None
 
-    def new_record(self, module, steps: int, calls_per_direction: int) -> _Record | None:
+    def new_record(self, module, steps: int) -> _Record | None:
         """Called by the module's forward: where its backward's norms go (None: no grad)."""
         if not torch.is_grad_enabled():
             return None
-        rows = module.num_layers * (2 if module.bidirectional else 1)
-        return _Record(self, rows, steps, rows * calls_per_direction)
+        self._calls += 1
+        return _Record(self, module.num_layers * (2 if module.bidirectional else 1), steps, self._calls)
 
     def summary(self) -> dict[str, Tensor]:
         """Mean, min and max of ||dL/dh_t|| over the records, against steps before the end of

@@ -218,7 +218,7 @@ class _ChunkedRNNBase(nn.RNNBase):
         flow = None
         if recorder is not None:
             segments = inp.layout.segments if inp.layout else [(0, inp.x.shape[0], inp.batch)]
-            flow = recorder.new_record(self, sum(steps for _, steps, _ in segments), len(segments))
+            flow = recorder.new_record(self, sum(steps for _, steps, _ in segments))
         x, final = inp.x, [[] for _ in states]
         for layer in range(self.num_layers):
             outputs = []

@@ -166,7 +166,8 @@ class TBPTT:
             resets: Tensor | None = None) -> TBPTTResult:
         """Trains over ``inputs``/``targets`` (tensors split into chunks of k1 steps), or
         over ``inputs`` given as an iterable of (x_chunk, y_chunk) pairs or (x_chunk,
-        y_chunk, reset_chunk) triples (targets None), starting from ``state``. With
+        y_chunk, reset_chunk) triples (targets None; each is one chunk as given, whatever
+        its length, and a window is the last k2 / k1 of them), starting from ``state``. With
         ``resets`` (a bool tensor with the time dimension of ``inputs``: [T, B], or [B, T]
         with batch_first) or triples, each chunk runs as ``model(x_chunk, state,
         reset=reset_chunk)``: True restarts a row's state at that step (episode or

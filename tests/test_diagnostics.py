@@ -108,6 +108,48 @@ def test_packed_input_and_truncated_chunks():
     assert not torch.isnan(flow.records[0]).any()
 
 
+def test_one_record_per_backward_across_forward_calls():
+    # TBPTT(k1, k2 > k1) runs several chunks forward, then one backward over the window:
+    # one record per backward, the calls side by side in the order they ran, equal to one
+    # call over the whole window (validated against autograd above)
+    torch.manual_seed(0)
+    module = make("LSTM", 2, False)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    weights = torch.randn(T, B, H, dtype=torch.float64)
+    with GradientFlow(module) as flow:
+        out, _ = module(x)
+        (out * weights).sum().backward()
+        first, state = module(x[:3])
+        second, _ = module(x[3:], state)
+        (torch.cat([first, second]) * weights).sum().backward()
+    assert len(flow.records) == 2 and flow.records[1].shape == (2, T)
+    torch.testing.assert_close(flow.records[1], flow.records[0], rtol=1e-12, atol=0)
+    # the TBPTT helper with k2 = 2 k1: one record per update, each as wide as its window
+    model = Net(tbptt_ext.GRU(I, H, dtype=torch.float64))
+    trainer = tbptt_ext.TBPTT(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.MSELoss(), k1=2, k2=4)
+    with GradientFlow(model.rnn) as flow:
+        result = trainer.run(x, torch.randn(T, B, 2, dtype=torch.float64))
+    assert len(flow.records) == len(result.losses) == 4  # chunks of 2, 2, 2, 1 steps (T = 7)
+    assert [r.shape[1] for r in flow.records] == [2, 4, 4, 3]
+    assert not any(torch.isnan(r).any() for r in flow.records)
+
+
+def test_record_of_a_backward_that_skips_a_layer():
+    # the lowest layer frozen and the input without a gradient: its backward never runs,
+    # the record still comes, NaN in that layer's row
+    torch.manual_seed(0)
+    module = make("LSTM", 2, False)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with GradientFlow(module) as flow:
+        module(x)[0].sum().backward()
+        for name, p in module.named_parameters():
+            p.requires_grad_(not name.endswith("_l0"))
+        module(x)[0].sum().backward()
+    full, partial = flow.records
+    assert torch.isnan(partial[0]).all() and not torch.isnan(partial[1]).any()
+    torch.testing.assert_close(partial[1], full[1], rtol=1e-12, atol=0)
+
+
 def test_gradient_flow_errors():
     with pytest.raises(TypeError, match="needs a tbptt_ext RNN, LSTM or GRU"):
         GradientFlow(nn.LSTM(3, 4))
