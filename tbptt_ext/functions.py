@@ -19,17 +19,17 @@ reference's speed; a first-order backward always runs the one backward op.
 The Functions are written in the ``setup_context`` form, so ``torch.func.grad``, ``vjp``,
 ``jacrev`` and ``functional_call`` work over the modules, as over torch.nn's. Those
 transforms always differentiate with a graph (to compose), so under them the backward
-takes the recomputing path above. ``vmap`` and forward-mode AD (``jvp``, ``jacfwd``) are
-not supported (torch.nn's CPU LSTM supports neither). LSTM and GRU save an activation
+takes the recomputing path above. Forward-mode AD (``torch.func.jvp``,
+``torch.autograd.forward_ad``) runs the reference forward's JVP; ``vmap`` (so ``jacfwd``)
+is not supported, as for torch.nn's RNNs. LSTM and GRU save an activation
 buffer that setup_context can only see as an output: ``_LSTMChunk`` and ``_GRUChunk``
 return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop it.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+from torch.autograd import forward_ad
 
 from . import ops, reference
 
@@ -38,13 +38,15 @@ def _impl(fused: bool):
     return ops if fused else reference
 
 
-def _no_autocast(device_type: str):
-    """The Functions compute in their inputs' dtype: torch.autocast must not cast the
-    reference's torch ops (the compiled ops guard their own ATen calls). Autocast is also
-    on in a backward called inside an autocast region."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+def _without_autocast(device_type: str, fn, *args):
+    """fn(*args) with torch.autocast off for `device_type`: the Functions compute in their
+    inputs' dtype, so autocast must not cast the reference's torch ops (the compiled ops
+    guard their own ATen calls). Autocast is also on in a backward called inside an
+    autocast region. (A context manager on every call cost ~7 us.)"""
+    if torch._C._is_any_autocast_enabled():
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+    return fn(*args)
 
 
 def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
@@ -68,8 +70,7 @@ def _backward(ctx, fused_backward, reference_forward, inputs, grads):
     their own: they come from the reference forward, recomputed under autograd from the
     saved inputs and differentiated (the flow record still comes from the backward op).
     `inputs` are the differentiable inputs in apply's order, `grads` the outputs' grads."""
-    with _no_autocast(ctx.device_type):
-        return _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads)
+    return _without_autocast(ctx.device_type, _backward_in_dtype, ctx, fused_backward, reference_forward, inputs, grads)
 
 
 def _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads):
@@ -98,13 +99,43 @@ def _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads):
     return tuple(result)
 
 
+def _jvp(ctx, reference_forward, tangents, outputs: int, differentiable: int):
+    """Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad): the reference forward's
+    JVP from the saved primal inputs (`jvp_inputs`). `tangents` are theirs (None where there
+    is none: reset); the first `differentiable` of the `outputs` get tangents."""
+    return _without_autocast(ctx.device_type, _jvp_in_dtype, ctx.saved_tensors, reference_forward, tangents, outputs,
+                             differentiable)
+
+
+def _jvp_in_dtype(primals, reference_forward, tangents, outputs: int, differentiable: int):
+    wanted = [i for i, (p, t) in enumerate(zip(primals, tangents)) if p is not None and t is not None]
+    if not wanted:
+        return (None,) * outputs
+
+    def forward(*differentiable_inputs):
+        args = list(primals)
+        for i, t in zip(wanted, differentiable_inputs):
+            args[i] = t
+        return tuple(reference_forward(*args)[:differentiable])
+
+    inputs, directions = tuple(primals[i] for i in wanted), tuple(tangents[i] for i in wanted)
+    if torch._C._are_functorch_transforms_active():  # torch.func.jvp: nests
+        _, out = torch.func.jvp(forward, inputs, directions)
+    else:  # torch.autograd.forward_ad does not nest: duals at its level (jvp runs with forward grads off)
+        with forward_ad._set_fwd_grad_enabled(True):
+            primal = [forward_ad.unpack_dual(p).primal for p in inputs]  # (saved with its tangent)
+            duals = [forward_ad.make_dual(p, t) for p, t in zip(primal, directions)]
+            out = tuple(forward_ad.unpack_dual(o).tangent for o in forward(*duals))
+    return (*out, *(None,) * (outputs - differentiable))
+
+
 class RNNChunk(torch.autograd.Function):
     """(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow) -> (output [T,B,H], h_n [B,H])."""
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, relu=False, fused=True, flow=None):
-        with _no_autocast(input.device.type):
-            return _impl(fused).rnn_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+        return _without_autocast(input.device.type, _impl(fused).rnn_chunk_forward, input, w_ih, w_hh, b_ih, b_hh,
+                                 h0, reset, reverse, relu)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -112,6 +143,12 @@ class RNNChunk(torch.autograd.Function):
         ctx.save_for_backward(input, outputs[0], w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
         ctx.device_type = input.device.type
+
+    jvp_inputs = (0, 1, 2, 3, 4, 5, 6)  # what forward_jvp needs saved: input .. h0, reset
+
+    @staticmethod
+    def forward_jvp(ctx, *tangents):
+        return _jvp(ctx, lambda *a: reference.rnn_chunk_forward(*a, ctx.reverse, ctx.relu), (*tangents[:6], None), 2, 2)
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
@@ -136,8 +173,8 @@ class _LSTMChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset=None, reverse=False, fused=True, flow=None, w_hr=None):
-        with _no_autocast(input.device.type):
-            return _impl(fused).lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
+        return _without_autocast(input.device.type, _impl(fused).lstm_chunk_forward, input, w_ih, w_hh, b_ih, b_hh,
+                                 h0, c0, reset, reverse, w_hr)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -147,6 +184,15 @@ class _LSTMChunk(torch.autograd.Function):
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         ctx.device_type = input.device.type
+
+    jvp_inputs = (0, 1, 2, 3, 4, 5, 6, 11, 7)  # what forward_jvp needs saved: input .. c0, w_hr, reset
+
+    @staticmethod
+    def forward_jvp(ctx, *tangents):
+        def forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, reset):
+            return reference.lstm_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, ctx.reverse, w_hr)
+
+        return _jvp(ctx, forward, (*tangents[:7], tangents[11], None), 4, 3)
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved):
@@ -185,8 +231,8 @@ class _GRUChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset=None, reverse=False, fused=True, flow=None):
-        with _no_autocast(input.device.type):
-            return _impl(fused).gru_chunk_forward(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+        return _without_autocast(input.device.type, _impl(fused).gru_chunk_forward, input, w_ih, w_hh, b_ih, b_hh,
+                                 h0, reset, reverse)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -196,6 +242,12 @@ class _GRUChunk(torch.autograd.Function):
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         ctx.device_type = input.device.type
+
+    jvp_inputs = (0, 1, 2, 3, 4, 5, 6)  # what forward_jvp needs saved: input .. h0, reset
+
+    @staticmethod
+    def forward_jvp(ctx, *tangents):
+        return _jvp(ctx, lambda *a: reference.gru_chunk_forward(*a, ctx.reverse), (*tangents[:6], None), 3, 2)
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, _grad_saved):
@@ -225,29 +277,47 @@ class GRUChunk(_GRUChunk):
 
 
 
-def _combined_form(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
-    """`function` in the combined form (forward takes ctx), for the modules outside torch.func
-    transforms: Function.apply binds a setup_context Function's arguments to forward's
-    signature with inspect on every call, ~16 us, a tenth of a small chunk's forward op.
-    All arguments must be passed, by position. Named as the public Function (the profiler
-    and grad_fn show LSTMChunk, LSTMChunkBackward)."""
+def _variant(function: type[torch.autograd.Function], combined: bool, jvp: bool) -> type[torch.autograd.Function]:
+    """`function` as the modules apply it, named as the public Function (the profiler and
+    grad_fn show LSTMChunk, LSTMChunkBackward).
 
-    def forward(ctx, *args):
-        outputs = function.forward(*args)
-        function.setup_context(ctx, args, outputs)
-        return outputs
+    combined: forward takes ctx (and runs setup_context itself). Function.apply binds a
+    setup_context Function's arguments to forward's signature with inspect on every call,
+    ~16 us, a tenth of a small chunk's forward op; torch.func transforms need the
+    setup_context form. All arguments must be passed, by position.
+    jvp: with forward-mode AD (`forward_jvp` as `jvp`). torch.compile does not trace a
+    Function that has a jvp, so only forward-mode AD gets it."""
+    def setup_context(ctx, inputs, outputs):
+        function.setup_context(ctx, inputs, outputs)
+        if jvp:  # (only where a jvp may run: each step of setup costs a call a microsecond)
+            ctx.save_for_forward(*(inputs[i] for i in function.jvp_inputs))
 
-    name = function.__name__.lstrip("_")
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": function.backward,
-                                                   "__doc__": function.__doc__, "__module__": __name__})
+    attrs = {"backward": function.backward, "__doc__": function.__doc__, "__module__": __name__}
+    if combined:
+        def forward(ctx, *args):
+            outputs = function.forward(*args)
+            setup_context(ctx, args, outputs)
+            return outputs
+
+        attrs["forward"] = staticmethod(forward)
+    else:
+        attrs["forward"], attrs["setup_context"] = staticmethod(function.forward), staticmethod(setup_context)
+    if jvp:
+        attrs["jvp"] = staticmethod(function.forward_jvp)
+    return type(function.__name__.lstrip("_"), (torch.autograd.Function,), attrs)
 
 
-_FORMS = {cell: (function, _combined_form(function))
+# per cell: (under torch.func transforms, under torch.autograd.forward_ad, otherwise)
+_FORMS = {cell: (_variant(function, False, True), _variant(function, True, True), _variant(function, True, False))
           for cell, function in (("RNN", RNNChunk), ("LSTM", _LSTMChunk), ("GRU", _GRUChunk))}
 
 
 def chunk_function(cell: str) -> type[torch.autograd.Function]:
-    """The Function the modules apply for `cell` ("RNN", "LSTM", "GRU"): RNNChunk, _LSTMChunk
-    or _GRUChunk under a torch.func transform, else its combined form (the same forward,
-    setup and backward, without the binding)."""
-    return _FORMS[cell][1 - torch._C._are_functorch_transforms_active()]
+    """The Function the modules apply for `cell` ("RNN", "LSTM", "GRU"): the same forward,
+    setup and backward as RNNChunk, _LSTMChunk or _GRUChunk, in the setup_context form with
+    a jvp under a torch.func transform, in the combined form with a jvp inside a
+    torch.autograd.forward_ad dual level, else in the combined form without (the fastest
+    to apply, and traceable by torch.compile)."""
+    if torch._C._are_functorch_transforms_active():
+        return _FORMS[cell][0]
+    return _FORMS[cell][1 if forward_ad._current_level >= 0 else 2]

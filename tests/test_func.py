@@ -1,9 +1,10 @@
-"""torch.func transforms (grad, vjp, jacrev, functional_call) over the modules, against
-torch.nn's under the same transforms, in float64."""
+"""torch.func transforms (grad, vjp, jacrev, jvp, functional_call) and forward-mode AD over
+the modules, against torch.nn's under the same transforms, in float64."""
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vjp
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, jacrev, jvp, vjp
 
 import tbptt_ext
 from conftest import assert_close
@@ -126,3 +127,42 @@ def test_public_functions_keep_their_outputs_and_work_under_func_grad():
         want = torch.autograd.grad(call(w)[0].sin().sum(), w)
         for a, b in zip(got, want):
             assert_close(a, b, torch.float64, cell)
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS)
+def test_jvp_and_forward_ad_like_torch_nn(name, kwargs):
+    ours, theirs, params = pair(name, kwargs, seed=5)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    tangent_x = torch.randn_like(x)
+    tangent_p = {k: torch.randn_like(p) for k, p in params.items()}
+
+    def out(module):
+        return lambda p, x: functional_call(module, p, (x,))[0]
+
+    got = jvp(out(ours), (params, x), (tangent_p, tangent_x))
+    want = jvp(out(theirs), (params, x), (tangent_p, tangent_x))
+    assert_close(got[0], want[0], torch.float64, "output")
+    assert_close(got[1], want[1], torch.float64, "jvp")
+    assert got[1].abs().sum() > 0
+    # torch.autograd.forward_ad along the input only
+    with fwAD.dual_level():
+        dual = ours(fwAD.make_dual(x, tangent_x))[0]
+        tangent = fwAD.unpack_dual(dual).tangent
+    zero_p = {k: torch.zeros_like(p) for k, p in params.items()}
+    assert_close(tangent.detach(), jvp(out(theirs), (params, x), (zero_p, tangent_x))[1], torch.float64, "dual")
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_jvp_with_reset_matches_finite_differences(name):
+    torch.manual_seed(6)
+    module = getattr(tbptt_ext, name)(3, 4, num_layers=2, dtype=torch.float64)
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    reset = torch.rand(6, 3) < 0.4
+    direction = {k: torch.randn_like(p) for k, p in params.items()}
+    f = lambda p: functional_call(module, p, (x,), {"reset": reset})[0]  # noqa: E731
+    _, got = jvp(f, (params,), (direction,))
+    eps = 1e-6
+    plus = f({k: p + eps * direction[k] for k, p in params.items()})
+    minus = f({k: p - eps * direction[k] for k, p in params.items()})
+    torch.testing.assert_close(got, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
