@@ -24,7 +24,10 @@ def test_char_lm_trains_on_a_text_file(tmp_path, capsys):
     assert "held-out bpc" in out and "sample:" in out
     assert result["updates"] == (int(len(text.read_bytes()) * 0.95) // 4 - 1 + 15) // 16
     assert 0 < result["valid_bpc"] < 8  # a byte model starts at 8 bits; it learned something
-    assert result["sample"].startswith("def ") and len(result["sample"]) > 30
+    # the sample starts from the held-out text's first bytes (the standard library's: "def ")
+    data = text.read_bytes()
+    prompt = data[int(len(data) * 0.95) :][:4].decode()
+    assert result["sample"].startswith(prompt) and len(result["sample"]) > 30
 
 
 def test_char_lm_default_corpus_is_the_standard_library():
@@ -108,6 +111,9 @@ def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, caps
     (["--clip", "-1"], "--clip must be a positive number, got -1.0"),
     (["--device", "foo"], "--device 'foo' is not a device torch knows"),
     (["--text", "/nonexistent/corpus.txt"], "--text /nonexistent/corpus.txt: no such file"),
+    (["--device", "meta"], "--device meta: runs on cpu or cuda"),
+    (["--save", "/nonexistent/folder/model.pt"], "--save /nonexistent/folder/model.pt: no such folder"),
+    (["--save", "/"], "--save /: is a directory, not a file"),
 ])
 def test_char_lm_bad_arguments_are_usage_errors(argv, message, capsys):
     assert_usage_error(char_lm.parse_args, argv, message, capsys)
@@ -131,7 +137,9 @@ def test_char_lm_compare_ends_when_a_training_process_fails():
 
 @pytest.mark.parametrize("argv,message", [
     (["--ks", "8,abc"], "--ks must be comma-separated positive integers"),
-    (["--ks", "0,8"], "--ks must be comma-separated positive integers"),
+    (["--ks", "0,8"], "--ks must be comma-separated positive integers, got '0,8'"),
+    (["--plot", "/nonexistent/folder/bias.png"], "--plot /nonexistent/folder/bias.png: no such folder"),
+    (["--text", __file__], "--text goes with --load"),
     (["--threshold", "2"], "--threshold is a cosine similarity: it must be in (0, 1], got 2.0"),
     (["--window", "4"], "--window 4 must be at least the largest k (256)"),
     (["--batch", "0"], "--batch must be positive, got 0"),
@@ -157,3 +165,22 @@ def test_probe_load_of_a_file_that_is_not_a_saved_model(tmp_path):
     path.write_text("not a model")
     with pytest.raises(SystemExit, match="not a model saved by tbptt-char-lm --save"):
         probe.main(["--load", str(path)])
+
+
+def test_probe_load_when_the_training_text_has_moved(tmp_path, capsys):
+    from tbptt_ext.examples import probe
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    model_file = tmp_path / "model.pt"
+    char_lm.run(["--text", str(text), *TINY, "--sample-chars", "0", "--save", str(model_file)])
+    moved = text.rename(tmp_path / "moved.txt")
+    probe_args = ["--load", str(model_file), "--ks", "2,4", "--window", "8", "--batch", "2"]
+    with pytest.raises(SystemExit, match="was trained on .*corpus.txt, which is no longer there; pass --text FILE"):
+        probe.main(probe_args)
+    capsys.readouterr()
+    probe.main([*probe_args, "--text", str(moved)])
+    assert "truncation bias of the gradient over a 8-step window, 2 streams" in capsys.readouterr().out
+    # a window longer than the text the model did not train on (900 bytes here)
+    with pytest.raises(SystemExit, match="needs 8,016 bytes of text the model did not train on; .* has 900"):
+        probe.main(["--load", str(model_file), "--text", str(moved), "--ks", "8", "--window", "500", "--batch", "16"])

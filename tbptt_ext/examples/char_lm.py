@@ -109,10 +109,26 @@ def check_device(p: argparse.ArgumentParser, device: str) -> None:
         parsed = torch.device(device)
     except RuntimeError:
         p.error(f"--device {device!r} is not a device torch knows (for example cpu, cuda, cuda:1)")
+    if parsed.type not in ("cpu", "cuda"):
+        p.error(f"--device {device}: runs on cpu or cuda (for example cpu, cuda, cuda:1)")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         p.error(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def check_output_file(p: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    """Before any work: a file we will write at the end must be writable where it is."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        p.error(f"{option} {path}: is a directory, not a file")
+    folder = target.parent
+    if not folder.is_dir():
+        p.error(f"{option} {path}: no such folder {str(folder)!r}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        p.error(f"{option} {path}: not writable")
 
 
 def check_text_file(p: argparse.ArgumentParser, option: str, path: str | None) -> None:
@@ -240,6 +256,8 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     if args.file_resets:
         starts[torch.tensor(corpus.starts[1:], dtype=torch.long)] = True
     split = int(len(data) * 0.95)
+    # the sample's prompt: Python for the standard library, else the held-out text's start
+    prompt = b"def " if args.text is None else bytes(corpus.data[split : split + 4])
     train_data, train_starts = batchify(data[:split], args.batch), batchify(starts[:split], args.batch)
     valid_data, valid_starts = batchify(data[split:], min(args.batch, 8)), batchify(starts[split:], min(args.batch, 8))
     share = args.batch // dist.world  # this process's streams
@@ -252,7 +270,6 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     if dist.active:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    chars_per_chunk = args.bptt * args.batch  # over all processes
     bar = None
     if not quiet:
         try:
@@ -286,13 +303,14 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     if bar is not None:
         bar.close()
     if args.save and dist.rank == 0:
-        torch.save({"model": model.state_dict(), "args": vars(args)}, args.save)
+        saved_args = dict(vars(args), text=str(Path(args.text).resolve()) if args.text else None)
+        torch.save({"model": model.state_dict(), "args": saved_args}, args.save)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else peak_rss_mib())
     tail = result.losses[-max(1, len(result.losses) // 20):]
     tail_loss = sum(tail) / len(tail)
     if dist.active:  # each process saw its own streams: the mean over all of them
-        total = torch.tensor([tail_loss], dtype=torch.float64)
+        total = torch.tensor([tail_loss], dtype=torch.float64, device=device)  # (NCCL: device tensors only)
         torch_distributed.all_reduce(total)
         tail_loss = total.item() / dist.world
     # Every rank evaluates (the same held-out data: the ranks stay in step); rank 0 samples.
@@ -300,14 +318,14 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
         "model": rnn_name,
         "processes": dist.world,
         "seconds": seconds,
-        "chars_per_second": len(result.losses) * chars_per_chunk / seconds,
+        "chars_per_second": (train_data.shape[0] - 1) * args.batch / seconds,  # every step of every stream
         "peak_mib": peak,
         "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "final_train_bpc": tail_loss * BITS_PER_NAT,
         "valid_bpc": evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None),
         "updates": len(result.losses),
-        "sample": sample(model, b"def ", args.sample_chars, 0.8, device) if args.sample_chars and dist.rank == 0 else "",
+        "sample": sample(model, prompt, args.sample_chars, 0.8, device) if args.sample_chars and dist.rank == 0 else "",
         "parameters": [p.detach().cpu() for p in model.parameters()],
     }
 
@@ -371,6 +389,7 @@ def parse_args(argv=None):
             p.error(f"--{name} must be a positive number, got {value}")
     check_device(p, args.device)
     check_text_file(p, "--text", args.text)
+    check_output_file(p, "--save", args.save)
     if args.compare:
         args.file_resets = False
     return args

@@ -14,6 +14,7 @@ gradient points the same way as the full one (cosine >= --threshold).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,8 @@ from tbptt_ext.examples import char_lm
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=char_lm.HelpFormatter)
     p.add_argument("--load", help="a model saved by tbptt-char-lm --save (default: train one briefly)")
+    p.add_argument("--text", help="the text the --load model was trained on, if it has moved since "
+                                  "(default: the path it was saved with)")
     p.add_argument("--train-chars", type=int, default=600_000, help="bytes of text to train on first")
     p.add_argument("--ks", default="8,16,32,64,128,256", help="truncation lengths to probe (comma-separated)")
     p.add_argument("--window", type=int, default=512, help="steps of the window (at least the largest k)")
@@ -35,11 +38,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to run")
     args = p.parse_args(argv)
     try:
-        args.ks = sorted({int(k) for k in args.ks.split(",")})
+        ks = sorted({int(k) for k in args.ks.split(",")})
     except ValueError:
+        ks = [0]
+    if ks[0] < 1:
         p.error(f"--ks must be comma-separated positive integers, got {args.ks!r}")
-    if args.ks[0] < 1:
-        p.error(f"--ks must be comma-separated positive integers, got {args.ks}")
+    args.ks = ks
     char_lm.check_positive(p, args, "train-chars", "window", "batch")
     if not 0 < args.threshold <= 1:
         p.error(f"--threshold is a cosine similarity: it must be in (0, 1], got {args.threshold}")
@@ -47,6 +51,11 @@ def parse_args(argv=None):
         p.error(f"--window {args.window} must be at least the largest k ({args.ks[-1]})")
     char_lm.check_device(p, args.device)
     char_lm.check_text_file(p, "--load", args.load)
+    char_lm.check_text_file(p, "--text", args.text)
+    if args.text and not args.load:
+        p.error("--text goes with --load (the text a saved model was trained on); without --load the probe "
+                "trains on the standard library's source")
+    char_lm.check_output_file(p, "--plot", args.plot)
     return args
 
 
@@ -58,9 +67,9 @@ def load_model(path: str):
         vars(lm_args).update(saved["args"])
         model = char_lm.CharLM(tbptt_ext.LSTM, embed=lm_args.embed, hidden=lm_args.hidden, layers=lm_args.layers)
         model.load_state_dict(saved["model"])
-    except Exception as exc:  # not a file of tbptt-char-lm --save: say so, not torch's unpickling text
-        raise SystemExit(f"--load {path}: not a model saved by tbptt-char-lm --save "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'})") from None
+    except Exception as exc:  # not a file of tbptt-char-lm --save: say so, not torch's unpickling advice
+        raise SystemExit(f"--load {path}: not a model saved by tbptt-char-lm --save (reading it as one failed: "
+                         f"{type(exc).__name__})") from None
     return model, lm_args
 
 
@@ -69,6 +78,11 @@ def main(argv=None) -> None:
     ks = args.ks
     if args.load:
         model, lm_args = load_model(args.load)
+        if args.text:
+            lm_args.text = args.text
+        elif lm_args.text and not Path(lm_args.text).is_file():
+            raise SystemExit(f"--load {args.load}: the model was trained on {lm_args.text}, which is no longer "
+                             "there; pass --text FILE to point to that text")
         print(f"loaded {args.load}")
     else:
         lm_args = char_lm.parse_args(["--max-chars", str(args.train_chars), "--sample-chars", "0",
@@ -83,9 +97,16 @@ def main(argv=None) -> None:
         print(f"  {result['updates']} updates, held-out {result['valid_bpc']:.3f} bits/char")
     device = torch.device(args.device)
     model.to(device)
-    # A window of held-out text (the tail of a corpus longer than the training part).
-    corpus = char_lm.load_corpus(lm_args.text, lm_args.max_chars + (args.window + 1) * args.batch)
-    data = torch.frombuffer(bytearray(corpus.data[-(args.window + 1) * args.batch:]), dtype=torch.uint8).long()
+    # A window of held-out text: the tail of the text after the part the model trained on
+    # (the first 95 % of its first --max-chars bytes).
+    need = (args.window + 1) * args.batch
+    corpus = char_lm.load_corpus(lm_args.text, lm_args.max_chars + need)
+    trained_on = int(min(len(corpus.data), lm_args.max_chars) * 0.95)
+    if len(corpus.data) - trained_on < need:
+        raise SystemExit(f"a {args.window}-step window of {args.batch} streams needs {need:,} bytes of text the model "
+                         f"did not train on; {lm_args.text or 'the corpus'} has {len(corpus.data) - trained_on:,} after "
+                         "the training part: use a smaller --window or --batch")
+    data = torch.frombuffer(bytearray(corpus.data[-need:]), dtype=torch.uint8).long()
     streams = char_lm.batchify(data, args.batch).to(device)
     x, y = streams[:-1], streams[1:]
     bias = truncation_bias(model, x, y, char_lm.cross_entropy, ks)
