@@ -79,6 +79,7 @@ class GradientFlow(contextlib.AbstractContextManager):
         self._records: list[Tensor] = []
         self._pending: list = []  # the parts of each finished backward, not yet assembled
         self._current: list = []  # (record, row, offset, norms) of the backward running now
+        self._task = None  # that backward's autograd graph task
         self._calls = 0
 
     @property
@@ -91,14 +92,16 @@ class GradientFlow(contextlib.AbstractContextManager):
     def _receive(self, record: _Record, row: int, offset: int, norms: Tensor) -> None:
         # (a backward pays a list append; the first of a backward also asks the engine to
         # close the record when that backward ends)
-        if not self._current:
+        task = torch._C._current_graph_task_id()
+        if task != self._task:  # the first norms of this backward; those of one that failed are dropped
+            self._current, self._task = [], task
             torch.autograd.Variable._execution_engine.queue_callback(self._close_backward)
         self._current.append((record, row, offset, norms))
 
     def _close_backward(self) -> None:
         if self._current:
             self._pending.append(self._current)
-            self._current = []
+        self._current, self._task = [], None
 
     def __enter__(self) -> GradientFlow:
         if getattr(self.module, "_flow_recorder", None) is not None:

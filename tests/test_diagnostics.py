@@ -150,6 +150,24 @@ def test_record_of_a_backward_that_skips_a_layer():
     torch.testing.assert_close(partial[1], full[1], rtol=1e-12, atol=0)
 
 
+def test_a_backward_that_fails_leaves_no_record_and_does_not_spoil_the_next():
+    torch.manual_seed(0)
+    module = make("GRU", 2, False)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with GradientFlow(module) as flow:
+        out, _ = module(x)
+        (out * 2).sum().backward()
+        out, _ = module(x)
+        x.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("hook failed")))  # after the module's backward
+        with pytest.raises(RuntimeError, match="hook failed"):
+            (out * 2).sum().backward()
+        x._backward_hooks.clear()
+        out, _ = module(x)
+        (out * 2).sum().backward()
+    assert len(flow.records) == 2
+    torch.testing.assert_close(flow.records[1], flow.records[0], rtol=1e-12, atol=0)
+
+
 def test_gradient_flow_errors():
     with pytest.raises(TypeError, match="needs a tbptt_ext RNN, LSTM or GRU"):
         GradientFlow(nn.LSTM(3, 4))
