@@ -36,6 +36,16 @@ class _Record:
         return receive
 
 
+def _batched(t: Tensor) -> bool:
+    """Whether t is batched by torch.func.vmap at some level (a vmapped backward: jacrev)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
+
+
 def _assemble(parts: list[tuple[_Record, int, int, Tensor]]) -> Tensor:
     """One backward's record: the calls it reached side by side in forward order, each
     call's steps at its own offset; NaN where a layer's backward did not run."""
@@ -62,7 +72,9 @@ class GradientFlow(contextlib.AbstractContextManager):
     is the steps of the forward calls that backward reached, side by side in the order
     they ran (one chunk, or with TBPTT(k1, k2 > k1) the k2-step window of its chunks);
     NaN where a layer's backward did not run (its parameters frozen, say). Nothing is
-    recorded, and nothing is paid, outside the context. For PackedSequence input the reverse direction's steps count from
+    recorded, and nothing is paid, outside the context (a backward after it, of a graph
+    built inside, is not recorded either), nor for a backward under torch.func.vmap
+    (jacrev, ``is_grads_batched``). For PackedSequence input the reverse direction's steps count from
     each sequence's end. Eager mode only (not under torch.compile)::
 
         with tbptt_ext.diagnostics.GradientFlow(model.rnn) as flow:
@@ -78,8 +90,9 @@ class GradientFlow(contextlib.AbstractContextManager):
         self.module = module
         self._records: list[Tensor] = []
         self._pending: list = []  # the parts of each finished backward, not yet assembled
-        self._current: list = []  # (record, row, offset, norms) of the backward running now
-        self._task = None  # that backward's autograd graph task
+        # (record, row, offset, norms) of each backward running now, by autograd graph task:
+        # backwards nest (reentrant checkpointing) and run in several threads at once
+        self._open: dict[int, list] = {}
         self._calls = 0
 
     @property
@@ -91,17 +104,20 @@ class GradientFlow(contextlib.AbstractContextManager):
 
     def _receive(self, record: _Record, row: int, offset: int, norms: Tensor) -> None:
         # (a backward pays a list append; the first of a backward also asks the engine to
-        # close the record when that backward ends)
+        # close that backward's record when it ends)
+        if self.module._flow_recorder is not self or _batched(norms):
+            return  # a backward after the context, or under vmap (jacrev): not recorded
         task = torch._C._current_graph_task_id()
-        if task != self._task:  # the first norms of this backward; those of one that failed are dropped
-            self._current, self._task = [], task
-            torch.autograd.Variable._execution_engine.queue_callback(self._close_backward)
-        self._current.append((record, row, offset, norms))
+        parts = self._open.get(task)
+        if parts is None:
+            parts = self._open[task] = []
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: self._close_backward(task))
+        parts.append((record, row, offset, norms))
 
-    def _close_backward(self) -> None:
-        if self._current:
-            self._pending.append(self._current)
-        self._current, self._task = [], None
+    def _close_backward(self, task: int) -> None:
+        parts = self._open.pop(task, None)
+        if parts:
+            self._pending.append(parts)
 
     def __enter__(self) -> GradientFlow:
         if getattr(self.module, "_flow_recorder", None) is not None:
@@ -111,6 +127,7 @@ class GradientFlow(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc) -> None:
         self.module._flow_recorder = None
+        self._open.clear()  # what backwards that failed left open
 
     def new_record(self, module, steps: int) -> _Record | None:
         """Called by the module's forward: where its backward's norms go (None: no grad)."""

@@ -17,11 +17,13 @@ gradients it returns have a graph of their own. That costs a second forward at t
 reference's speed; a first-order backward always runs the one backward op.
 
 The Functions are written in the ``setup_context`` form, so ``torch.func.grad``, ``vjp``,
-``jacrev`` and ``functional_call`` work over the modules, as over torch.nn's. Those
+``jacrev`` and ``functional_call`` work over the modules, as over torch.nn's, and on the
+public Functions. Those
 transforms always differentiate with a graph (to compose), so under them the backward
 takes the recomputing path above. Forward-mode AD (``torch.func.jvp``,
-``torch.autograd.forward_ad``) runs the reference forward's JVP; ``vmap`` (so ``jacfwd``)
-is not supported, as for torch.nn's RNNs. LSTM and GRU save an activation
+``torch.autograd.forward_ad``) runs the reference forward's JVP, through the modules only
+(torch.compile cannot trace a Function that has a jvp: see _variant); ``vmap`` (so
+``jacfwd``) is not supported, as for torch.nn's RNNs. LSTM and GRU save an activation
 buffer that setup_context can only see as an output: ``_LSTMChunk`` and ``_GRUChunk``
 return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop it.
 """
@@ -47,6 +49,14 @@ def _without_autocast(device_type: str, fn, *args):
         with torch.autocast(device_type, enabled=False):
             return fn(*args)
     return fn(*args)
+
+
+def _with_defaults(inputs: tuple, required: int, defaults: tuple) -> tuple:
+    """setup_context's inputs, with the defaults of the optional arguments (those after the
+    first `required`) where the call left them out: Function.apply fills them in eager
+    mode, torch.compile does not."""
+    given = len(inputs) - required
+    return inputs if given >= len(defaults) else (*inputs, *defaults[given:])
 
 
 def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
@@ -139,7 +149,8 @@ class RNNChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = inputs
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = _with_defaults(inputs, 6, (
+            None, False, False, True, None))
         ctx.save_for_backward(input, outputs[0], w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
         ctx.device_type = input.device.type
@@ -178,7 +189,8 @@ class _LSTMChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr = inputs
+        input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr = _with_defaults(inputs, 7, (
+            None, False, True, None, None))
         output, saved = outputs[0], outputs[3]
         ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
@@ -236,7 +248,8 @@ class _GRUChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow = inputs
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow = _with_defaults(inputs, 6, (
+            None, False, True, None))
         output, saved = outputs[0], outputs[2]
         ctx.mark_non_differentiable(saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)

@@ -50,3 +50,26 @@ def test_compile_with_inductor():
     torch.testing.assert_close(loss, eager)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+@requires_fused_cpu
+def test_public_functions_with_default_arguments_compile():
+    # under torch.compile setup_context sees only the arguments passed, not the defaults
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    T, B, I, H = 4, 2, 3, 5
+    x, h0 = torch.randn(T, B, I, requires_grad=True), torch.randn(B, H)
+    calls = {
+        "RNN": lambda w: tbptt_ext.RNNChunk.apply(x, *w, h0)[0].sum(),
+        "GRU": lambda w: tbptt_ext.GRUChunk.apply(x, *w, h0)[0].sum(),
+        "LSTM": lambda w: tbptt_ext.LSTMChunk.apply(x, *w, h0, torch.zeros_like(h0))[0].sum(),
+    }
+    for gates, (cell, call) in zip((1, 3, 4), calls.items()):
+        w = [torch.randn(gates * H, I, requires_grad=True), torch.randn(gates * H, H), torch.randn(gates * H),
+             torch.randn(gates * H)]
+        eager = call(w)
+        compiled = torch.compile(call, fullgraph=True, backend="aot_eager")(w)
+        torch.testing.assert_close(compiled, eager, msg=cell)
+        grads = torch.autograd.grad(compiled, [x, w[0]])
+        for a, b in zip(grads, torch.autograd.grad(eager, [x, w[0]])):
+            torch.testing.assert_close(a, b, msg=cell)

@@ -168,6 +168,50 @@ def test_a_backward_that_fails_leaves_no_record_and_does_not_spoil_the_next():
     torch.testing.assert_close(flow.records[1], flow.records[0], rtol=1e-12, atol=0)
 
 
+def test_records_of_nested_threaded_vmapped_and_late_backwards():
+    import threading
+
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    module = make("GRU", 1, False)
+    x = torch.randn(6, 2, I, dtype=torch.float64, requires_grad=True)
+    # a reentrant checkpoint's recompute is a backward of its own inside the outer one:
+    # its steps are its own record, the outer one keeps the rest (none lost)
+    with GradientFlow(module) as flow:
+        a, s = module(x[:3])
+        b, _ = module(x[3:], s)
+        torch.cat([a, b]).sum().backward()
+        a, s = checkpoint(lambda xx: module(xx), x[:3], use_reentrant=True)
+        b, _ = module(x[3:], s)
+        torch.cat([a, b]).sum().backward()
+    whole, *split = flow.records
+    assert whole.shape == (1, 6) and sorted(r.shape[1] for r in split) == [3, 3]
+    torch.testing.assert_close(torch.cat(split, 1).sort().values, whole.sort().values)
+    # two threads backpropagating at once: each backward its own record
+    barrier = threading.Barrier(2)
+
+    def work(xs):
+        a, s = module(xs[:3])
+        a.register_hook(lambda g: (barrier.wait(), g)[1])  # the two backwards interleave
+        b, _ = module(xs[3:], s)
+        torch.cat([a, b]).sum().backward()
+
+    with GradientFlow(module) as flow:
+        threads = [threading.Thread(target=work, args=(torch.randn(6, 2, I, dtype=torch.float64),)) for _ in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert [r.shape for r in flow.records] == [(1, 6), (1, 6)]
+    assert not any(torch.isnan(r).any() for r in flow.records)
+    # under vmap (jacrev) nothing is recorded, and reading the records works
+    with GradientFlow(module) as flow:
+        torch.func.jacrev(lambda xx: module(xx)[0])(x.detach())
+        out, _ = module(x)
+    assert flow.records == []
+    out.sum().backward()  # after the context: not recorded either
+    assert flow.records == []
+
+
 def test_gradient_flow_errors():
     with pytest.raises(TypeError, match="needs a tbptt_ext RNN, LSTM or GRU"):
         GradientFlow(nn.LSTM(3, 4))
