@@ -59,6 +59,11 @@ def _with_defaults(inputs: tuple, required: int, defaults: tuple) -> tuple:
     return inputs if given >= len(defaults) else (*inputs, *defaults[given:])
 
 
+def _zeros_for_none(*pairs):
+    """Each (grad, like): grad, or zeros like `like` where the output got no gradient."""
+    return tuple(torch.zeros_like(like) if grad is None else grad for grad, like in pairs)
+
+
 def _bias_grads(ctx, first: int, grad_b_ih, grad_b_hh):
     """The two biases' gradients. Where a cell has one sum for both (RNN, LSTM) the second
     is a copy, so that changing one in place (a hook, autograd.grad's result) leaves the
@@ -193,6 +198,7 @@ class _LSTMChunk(torch.autograd.Function):
             None, False, True, None, None))
         output, saved = outputs[0], outputs[3]
         ctx.mark_non_differentiable(saved)
+        ctx.set_materialize_grads(False)  # (else backward gets a zero-filled [T, B, 5H] for saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         ctx.device_type = input.device.type
@@ -209,6 +215,7 @@ class _LSTMChunk(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved):
         input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, w_hr = ctx.saved_tensors
+        grad_output, grad_h_n, grad_c_n = _zeros_for_none((grad_output, output), (grad_h_n, h0), (grad_c_n, c0))
 
         def fused_backward(grad_output, grad_h_n, grad_c_n):
             (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, norms,
@@ -252,6 +259,7 @@ class _GRUChunk(torch.autograd.Function):
             None, False, True, None))
         output, saved = outputs[0], outputs[2]
         ctx.mark_non_differentiable(saved)
+        ctx.set_materialize_grads(False)  # (else backward gets a zero-filled [T, B, 4H] for saved)
         ctx.save_for_backward(input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.fused, ctx.flow = reverse, fused, flow
         ctx.device_type = input.device.type
@@ -265,6 +273,7 @@ class _GRUChunk(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, _grad_saved):
         input, output, saved, w_ih, w_hh, b_ih, b_hh, h0, reset = ctx.saved_tensors
+        grad_output, grad_h_n = _zeros_for_none((grad_output, output), (grad_h_n, h0))
 
         def fused_backward(grad_output, grad_h_n):
             (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
