@@ -298,7 +298,6 @@ class GRUChunk(_GRUChunk):
         return _GRUChunk.apply(*args, **kwargs)[:2]
 
 
-
 def _variant(function: type[torch.autograd.Function], combined: bool, jvp: bool) -> type[torch.autograd.Function]:
     """`function` as the modules apply it, named as the public Function (the profiler and
     grad_fn show LSTMChunk, LSTMChunkBackward).
