@@ -41,7 +41,9 @@ def make_pair(cell, I, H):
     return theirs, ours
 
 
-def time_interleaved(runners, repeats, warmup=3):
+def time_interleaved(runners, repeats, warmup=3, raw=False):
+    """Median time of each runner's step(), the runners alternating step by step (with
+    raw=True also each runner's list of times, in order: the i-th of each ran side by side)."""
     for _ in range(warmup):
         for r in runners:
             r.step()
@@ -51,7 +53,8 @@ def time_interleaved(runners, repeats, warmup=3):
             t0 = time.perf_counter()
             r.step()
             times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    medians = [statistics.median(t) for t in times]
+    return (medians, times) if raw else medians
 
 
 def main():

@@ -14,6 +14,7 @@ tbptt_ext time (> 1: tbptt_ext is faster) and, with --profile, where the time go
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 
@@ -79,7 +80,11 @@ def main():
     trainers["tbptt_ext.LSTM"].model.load_state_dict(trainers["torch.nn.LSTM"].model.state_dict())
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.contention)]
     try:
-        medians = [m * 1e3 for m in time_interleaved(list(trainers.values()), args.repeats, args.warmup)]
+        medians, times = time_interleaved(list(trainers.values()), args.repeats, args.warmup, raw=True)
+        medians = [m * 1e3 for m in medians]
+        # each update of torch.nn against the tbptt_ext update right after it: the VM's
+        # drift over a run (10-30 %) moves both alike
+        pairs = sorted(a / b for a, b in zip(*times))
         if args.profile:
             for label, trainer in trainers.items():
                 profile(trainer, label, 14)
@@ -93,6 +98,10 @@ def main():
     for label, ms in zip(trainers, medians):
         print(f"{label:16} {ms:>10.2f} {args.batch * args.bptt / ms * 1e3:>10,.0f}")
     print(f"speedup (torch.nn time / tbptt_ext time): {medians[0] / medians[1]:.2f}x")
+    if len(pairs) >= 4:
+        quartiles = statistics.quantiles(pairs, n=4)
+        print(f"update by update (each torch.nn update against the tbptt_ext update after it): median "
+              f"{statistics.median(pairs):.2f}x, middle half {quartiles[0]:.2f}x-{quartiles[2]:.2f}x")
 
 
 if __name__ == "__main__":

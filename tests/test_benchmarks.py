@@ -51,10 +51,11 @@ def test_bench_features_quick():
 
 
 def test_bench_main_job_runs():
-    out = subprocess.run([sys.executable, str(BENCH / "bench_main_job.py"), "--repeats", "1", "--warmup", "0",
+    out = subprocess.run([sys.executable, str(BENCH / "bench_main_job.py"), "--repeats", "4", "--warmup", "0",
                           "--batch", "4", "--bptt", "8", "--hidden", "16", "--embed", "8"],
                          check=True, capture_output=True, text=True).stdout
     assert "speedup (torch.nn time / tbptt_ext time)" in out
+    assert "update by update" in out and "middle half" in out
 
 
 def test_bench_cuda_runs_on_cpu_tiny_grid(tmp_path):
