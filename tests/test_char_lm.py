@@ -184,3 +184,13 @@ def test_probe_load_when_the_training_text_has_moved(tmp_path, capsys):
     # a window longer than the text the model did not train on (900 bytes here)
     with pytest.raises(SystemExit, match="needs 8,016 bytes of text the model did not train on; .* has 900"):
         probe.main(["--load", str(model_file), "--text", str(moved), "--ks", "8", "--window", "500", "--batch", "16"])
+
+
+def test_usage_error_printed_by_rank_zero_only(monkeypatch, capsys):
+    # under torchrun each process parses the arguments; one message, not one per process
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        char_lm.parse_args(["--batch", "0"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert_usage_error(char_lm.parse_args, ["--batch", "0"], "--batch must be positive, got 0", capsys)

@@ -87,6 +87,16 @@ def check_corpus_size(args, n_bytes: int,
         )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Under torchrun every process parses the same arguments: only rank 0 prints a usage
+    error (the others exit with the same code, silently)."""
+
+    def error(self, message):
+        if os.environ.get("RANK", "0") != "0":
+            raise SystemExit(2)
+        super().error(message)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The module docstring as written, and each option's default in --help (where it has one)."""
 
@@ -360,7 +370,7 @@ def train_isolated(args, rnn_name):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--text", help="train on this file instead of the standard library's source")
     p.add_argument("--max-chars", type=int, default=5_000_000, help="bytes of text to use")
     p.add_argument("--batch", type=int, default=32, help="parallel streams (over all processes)")
