@@ -100,6 +100,9 @@ def test_batch_not_divisible_by_world_size_is_a_clear_error():
     out = run_command([sys.executable, "-m", "tbptt_ext.examples.char_lm", *TINY], env=env, timeout=60)
     assert out.returncode != 0
     assert "--batch 4 must be divisible by the number of processes (3)" in out.stderr
+    env["RANK"] = "1"  # the other processes exit too, without repeating the message
+    out = run_command([sys.executable, "-m", "tbptt_ext.examples.char_lm", *TINY], env=env, timeout=60)
+    assert out.returncode != 0 and "must be divisible" not in out.stderr
 
 
 def test_missing_rendezvous_is_a_clear_error_not_a_hang():

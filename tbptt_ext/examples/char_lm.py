@@ -226,11 +226,13 @@ def setup_distributed(args) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
+    # (the same on every process: printed by rank 0 only, the others exit with the same code)
+    quiet = os.environ.get("RANK", "0") != "0"
     if args.compare:
-        raise SystemExit("--compare runs single-process; start it without torchrun")
+        raise SystemExit(1 if quiet else "--compare runs single-process; start it without torchrun")
     if args.batch % world != 0:
-        raise SystemExit(f"--batch {args.batch} must be divisible by the number of processes ({world}): "
-                         f"each process trains its own share of the {args.batch} streams")
+        raise SystemExit(1 if quiet else f"--batch {args.batch} must be divisible by the number of processes "
+                         f"({world}): each process trains its own share of the {args.batch} streams")
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise SystemExit(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
