@@ -103,9 +103,10 @@ def main(argv=None) -> None:
     corpus = char_lm.load_corpus(lm_args.text, lm_args.max_chars + need)
     trained_on = int(min(len(corpus.data), lm_args.max_chars) * 0.95)
     if len(corpus.data) - trained_on < need:
-        raise SystemExit(f"a {args.window}-step window of {args.batch} streams needs {need:,} bytes of text the model "
-                         f"did not train on; {lm_args.text or 'the corpus'} has {len(corpus.data) - trained_on:,} after "
-                         "the training part: use a smaller --window or --batch")
+        unseen = len(corpus.data) - trained_on
+        raise SystemExit(f"a {args.window}-step window of {args.batch} streams needs {need:,} bytes of text the "
+                         f"model did not train on; {lm_args.text or 'the corpus'} has {unseen:,} after the "
+                         "training part: use a smaller --window or --batch")
     data = torch.frombuffer(bytearray(corpus.data[-need:]), dtype=torch.uint8).long()
     streams = char_lm.batchify(data, args.batch).to(device)
     x, y = streams[:-1], streams[1:]
