@@ -30,6 +30,8 @@ return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop i
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.autograd import forward_ad
 
@@ -51,12 +53,33 @@ def _without_autocast(device_type: str, fn, *args):
     return fn(*args)
 
 
-def _with_defaults(inputs: tuple, required: int, defaults: tuple) -> tuple:
-    """setup_context's inputs, with the defaults of the optional arguments (those after the
-    first `required`) where the call left them out: Function.apply fills them in eager
-    mode, torch.compile does not."""
-    given = len(inputs) - required
-    return inputs if given >= len(defaults) else (*inputs, *defaults[given:])
+def _parameters(forward) -> tuple[int, tuple]:
+    """forward's number of parameters and the defaults of its optional ones (read once per
+    Function, at import, for _with_defaults)."""
+    parameters = inspect.signature(forward).parameters.values()
+    return len(parameters), tuple(p.default for p in parameters if p.default is not inspect.Parameter.empty)
+
+
+def _with_defaults(inputs: tuple, parameters: tuple[int, tuple]) -> tuple:
+    """setup_context's inputs, with forward's defaults (`parameters`: see _parameters) for
+    the optional arguments the call left out: Function.apply fills them in eager mode,
+    torch.compile does not."""
+    count, defaults = parameters
+    missing = count - len(inputs)
+    return inputs if missing <= 0 else (*inputs, *defaults[len(defaults) - missing:])
+
+
+def _partial(reference_forward, args: tuple, wanted: list[int], outputs: int):
+    """reference_forward as a function of args[i] for i in `wanted` (the others fixed),
+    returning its first `outputs` outputs: what the backward's vjp and the jvp differentiate."""
+
+    def forward(*chosen):
+        full = list(args)
+        for i, t in zip(wanted, chosen):
+            full[i] = t
+        return tuple(reference_forward(*full)[:outputs])
+
+    return forward
 
 
 def _zeros_for_none(*pairs):
@@ -99,12 +122,7 @@ def _backward_in_dtype(ctx, fused_backward, reference_forward, inputs, grads):
     if not wanted:
         return tuple(result)
 
-    def forward(*differentiable):
-        args = list(inputs)
-        for i, t in zip(wanted, differentiable):
-            args[i] = t
-        return tuple(reference_forward(*args)[: len(grads)])
-
+    forward = _partial(reference_forward, inputs, wanted, len(grads))
     # torch.func.vjp rather than autograd.grad: under torch.func transforms the saved
     # inputs need not require grad at this level, and vjp composes with whatever level
     # (or create_graph) differentiates this backward in turn.
@@ -127,12 +145,7 @@ def _jvp_in_dtype(primals, reference_forward, tangents, outputs: int, differenti
     if not wanted:
         return (None,) * outputs
 
-    def forward(*differentiable_inputs):
-        args = list(primals)
-        for i, t in zip(wanted, differentiable_inputs):
-            args[i] = t
-        return tuple(reference_forward(*args)[:differentiable])
-
+    forward = _partial(reference_forward, primals, wanted, differentiable)
     inputs, directions = tuple(primals[i] for i in wanted), tuple(tangents[i] for i in wanted)
     if torch._C._are_functorch_transforms_active():  # torch.func.jvp: nests
         _, out = torch.func.jvp(forward, inputs, directions)
@@ -154,8 +167,8 @@ class RNNChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = _with_defaults(inputs, 6, (
-            None, False, False, True, None))
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu, fused, flow = _with_defaults(
+            inputs, _RNN_PARAMETERS)
         ctx.save_for_backward(input, outputs[0], w_ih, w_hh, b_ih, b_hh, h0, reset)
         ctx.reverse, ctx.relu, ctx.fused, ctx.flow = reverse, relu, fused, flow
         ctx.device_type = input.device.type
@@ -194,8 +207,8 @@ class _LSTMChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr = _with_defaults(inputs, 7, (
-            None, False, True, None, None))
+        input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, fused, flow, w_hr = _with_defaults(
+            inputs, _LSTM_PARAMETERS)
         output, saved = outputs[0], outputs[3]
         ctx.mark_non_differentiable(saved)
         ctx.set_materialize_grads(False)  # (else backward gets a zero-filled [T, B, 5H] for saved)
@@ -255,8 +268,8 @@ class _GRUChunk(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow = _with_defaults(inputs, 6, (
-            None, False, True, None))
+        input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, fused, flow = _with_defaults(
+            inputs, _GRU_PARAMETERS)
         output, saved = outputs[0], outputs[2]
         ctx.mark_non_differentiable(saved)
         ctx.set_materialize_grads(False)  # (else backward gets a zero-filled [T, B, 4H] for saved)
@@ -296,6 +309,9 @@ class GRUChunk(_GRUChunk):
     @classmethod
     def apply(cls, *args, **kwargs):
         return _GRUChunk.apply(*args, **kwargs)[:2]
+
+
+_RNN_PARAMETERS, _LSTM_PARAMETERS, _GRU_PARAMETERS = (_parameters(f.forward) for f in (RNNChunk, _LSTMChunk, _GRUChunk))
 
 
 def _variant(function: type[torch.autograd.Function], combined: bool, jvp: bool) -> type[torch.autograd.Function]:
