@@ -87,12 +87,18 @@ def check_corpus_size(args, n_bytes: int,
         )
 
 
+def launched_as_other_rank() -> bool:
+    """Whether torchrun started this process as a rank other than 0 (which stays quiet about
+    errors every rank finds alike)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """Under torchrun every process parses the same arguments: only rank 0 prints a usage
     error (the others exit with the same code, silently)."""
 
     def error(self, message):
-        if os.environ.get("RANK", "0") != "0":
+        if launched_as_other_rank():
             raise SystemExit(2)
         super().error(message)
 
@@ -227,7 +233,7 @@ def setup_distributed(args) -> Distributed:
     if world <= 1:
         return Distributed()
     # (the same on every process: printed by rank 0 only, the others exit with the same code)
-    quiet = os.environ.get("RANK", "0") != "0"
+    quiet = launched_as_other_rank()
     if args.compare:
         raise SystemExit(1 if quiet else "--compare runs single-process; start it without torchrun")
     if args.batch % world != 0:
