@@ -72,14 +72,22 @@ def load_corpus(text_file: str | None, max_bytes: int) -> Corpus:
     return Corpus(data, [0])
 
 
+TRAIN_FRACTION = 0.95  # of the text, trained on; the rest is held out
+
+
+def train_bytes(n_bytes: int) -> int:
+    """How many of a text's first n_bytes the model trains on (the rest is held out)."""
+    return int(n_bytes * TRAIN_FRACTION)
+
+
 def check_corpus_size(args, n_bytes: int,
                       remedy: str = "(--max-chars, --text), or a smaller --batch or --bptt") -> None:
     """SystemExit unless the text gives every stream at least one training chunk (k + 1
     steps) and a held-out part of at least two steps; `remedy` names the options to change."""
-    train_steps = int(n_bytes * 0.95) // args.batch
-    valid_steps = (n_bytes - int(n_bytes * 0.95)) // min(args.batch, 8)
+    train_steps = train_bytes(n_bytes) // args.batch
+    valid_steps = (n_bytes - train_bytes(n_bytes)) // min(args.batch, 8)
     if train_steps < args.bptt + 1 or valid_steps < 2:
-        need = max((args.bptt + 1) * args.batch / 0.95, 2 * min(args.batch, 8) / 0.05)
+        need = max((args.bptt + 1) * args.batch / TRAIN_FRACTION, 2 * min(args.batch, 8) / (1 - TRAIN_FRACTION))
         raise SystemExit(
             f"{n_bytes:,} bytes of text are too few for --batch {args.batch} x --bptt {args.bptt}: each stream "
             f"needs at least one chunk of {args.bptt + 1} steps and a held-out part; use about {math.ceil(need):,} "
@@ -273,7 +281,7 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     starts = torch.zeros(len(data), dtype=torch.bool)
     if args.file_resets:
         starts[torch.tensor(corpus.starts[1:], dtype=torch.long)] = True
-    split = int(len(data) * 0.95)
+    split = train_bytes(len(data))
     # the sample's prompt: Python for the standard library, else the held-out text's start
     prompt = b"def " if args.text is None else bytes(corpus.data[split : split + 4])
     train_data, train_starts = batchify(data[:split], args.batch), batchify(starts[:split], args.batch)

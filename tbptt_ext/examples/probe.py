@@ -98,12 +98,11 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     model.to(device)
     # A window of held-out text: the tail of the text after the part the model trained on
-    # (the first 95 % of its first --max-chars bytes).
+    # (char_lm.train_bytes of its first --max-chars bytes).
     need = (args.window + 1) * args.batch
     corpus = char_lm.load_corpus(lm_args.text, lm_args.max_chars + need)
-    trained_on = int(min(len(corpus.data), lm_args.max_chars) * 0.95)
-    if len(corpus.data) - trained_on < need:
-        unseen = len(corpus.data) - trained_on
+    unseen = len(corpus.data) - char_lm.train_bytes(min(len(corpus.data), lm_args.max_chars))
+    if unseen < need:
         raise SystemExit(f"a {args.window}-step window of {args.batch} streams needs {need:,} bytes of text the "
                          f"model did not train on; {lm_args.text or 'the corpus'} has {unseen:,} after the "
                          "training part: use a smaller --window or --batch")
