@@ -43,13 +43,16 @@ def make_pair(cell, I, H):
 
 def time_interleaved(runners, repeats, warmup=3, raw=False):
     """Median time of each runner's step(), the runners alternating step by step (with
-    raw=True also each runner's list of times, in order: the i-th of each ran side by side)."""
+    raw=True also each runner's list of times, in order: the i-th of each ran side by side).
+    The order within a round is reversed every other round, so that no runner always runs
+    right after the same other one."""
     for _ in range(warmup):
         for r in runners:
             r.step()
     times = [[] for _ in runners]
-    for _ in range(repeats):
-        for i, r in enumerate(runners):
+    for k in range(repeats):
+        order = list(enumerate(runners))
+        for i, r in order if k % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
             r.step()
             times[i].append(time.perf_counter() - t0)

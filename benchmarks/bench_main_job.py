@@ -3,8 +3,10 @@
 One update of tbptt-char-lm's model (embedding 256 -> 64, LSTM 64 -> 256, linear
 256 -> 256; batch 32, k = 64; Adam, gradient clipping at 1.0, state carried and
 detached), both models built from the same weights and timed alternately in one
-process. Prints the median time per update of each, the ratio torch.nn time /
-tbptt_ext time (> 1: tbptt_ext is faster) and, with --profile, where the time goes.
+process. Prints the median and the mean time per update of each (the mean is a run's
+throughput; under contention the times are bimodal and the two differ), the ratios
+torch.nn time / tbptt_ext time (> 1: tbptt_ext is faster) and, with --profile, where
+the time goes.
 
     python benchmarks/bench_main_job.py                  # quiet machine
     python benchmarks/bench_main_job.py --contention 1   # with one CPU-bound process beside
@@ -82,8 +84,9 @@ def main():
     try:
         medians, times = time_interleaved(list(trainers.values()), args.repeats, args.warmup, raw=True)
         medians = [m * 1e3 for m in medians]
-        # each update of torch.nn against the tbptt_ext update right after it: the VM's
-        # drift over a run (10-30 %) moves both alike
+        means = [statistics.mean(t) * 1e3 for t in times]
+        # each update of torch.nn against the tbptt_ext update beside it (same round): the
+        # VM's drift over a run (10-30 %) moves both alike
         pairs = sorted(a / b for a, b in zip(*times))
         if args.profile:
             for label, trainer in trainers.items():
@@ -94,13 +97,15 @@ def main():
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels: {tbptt_ext.ops.cpu_isa()}; "
           f"batch {args.batch} x k {args.bptt}, LSTM {args.embed} -> {args.hidden} x {args.layers}; "
           f"{args.contention} CPU-bound process(es) beside; median of {args.repeats}")
-    print(f"{'model':16} {'ms/update':>10} {'chars/s':>10}")
-    for label, ms in zip(trainers, medians):
-        print(f"{label:16} {ms:>10.2f} {args.batch * args.bptt / ms * 1e3:>10,.0f}")
-    print(f"speedup (torch.nn time / tbptt_ext time): {medians[0] / medians[1]:.2f}x")
+    print(f"{'model':16} {'median ms':>10} {'chars/s':>10} {'mean ms':>10} {'chars/s':>10}")
+    for label, ms, mean in zip(trainers, medians, means):
+        rate = args.batch * args.bptt * 1e3
+        print(f"{label:16} {ms:>10.2f} {rate / ms:>10,.0f} {mean:>10.2f} {rate / mean:>10,.0f}")
+    print(f"speedup (torch.nn time / tbptt_ext time): {medians[0] / medians[1]:.2f}x by medians, "
+          f"{means[0] / means[1]:.2f}x by means (the throughput of a run)")
     if len(pairs) >= 4:
         quartiles = statistics.quantiles(pairs, n=4)
-        print(f"update by update (each torch.nn update against the tbptt_ext update after it): median "
+        print(f"update by update (each torch.nn update against the tbptt_ext update beside it): median "
               f"{statistics.median(pairs):.2f}x, middle half {quartiles[0]:.2f}x-{quartiles[2]:.2f}x")
 
 

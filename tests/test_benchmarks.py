@@ -54,8 +54,28 @@ def test_bench_main_job_runs():
     out = subprocess.run([sys.executable, str(BENCH / "bench_main_job.py"), "--repeats", "4", "--warmup", "0",
                           "--batch", "4", "--bptt", "8", "--hidden", "16", "--embed", "8"],
                          check=True, capture_output=True, text=True).stdout
-    assert "speedup (torch.nn time / tbptt_ext time)" in out
+    assert "speedup (torch.nn time / tbptt_ext time)" in out and "by means (the throughput of a run)" in out
     assert "update by update" in out and "middle half" in out
+
+
+def test_time_interleaved_alternates_the_order():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_cpu import time_interleaved
+    finally:
+        sys.path.remove(str(BENCH))
+    calls = []
+
+    class Runner:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self):
+            calls.append(self.name)
+
+    medians, times = time_interleaved([Runner("a"), Runner("b")], repeats=4, warmup=1, raw=True)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert len(medians) == 2 and all(len(t) == 4 for t in times)
 
 
 def test_bench_cuda_runs_on_cpu_tiny_grid(tmp_path):
