@@ -109,7 +109,9 @@ def test_fused_ops_match_reference(cell, relu, T, B, I, H, dtype):
 @pytest.mark.parametrize("cell,relu", CELLS)
 def test_fused_ops_with_reset_match_reference(cell, relu, reset_kind):
     for reverse in (False, True):
-        for T, B, I, H in [(7, 5, 3, 9), (12, 9, 6, 40)]:
+        # B = 33 and 32: a batch wider than the product's tiles many times over, the input
+        # side in the loop (2 I <= H) and as one GEMM (I = 30)
+        for T, B, I, H in [(7, 5, 3, 9), (12, 9, 6, 40), (6, 33, 5, 20), (5, 32, 30, 20)]:
             check_against_reference(cell, relu, T, B, I, H, torch.float64, reverse, reset_kind, seed=T + B)
 
 
@@ -221,7 +223,7 @@ def test_op_argument_errors_are_clear():
 
 
 @pytest.mark.parametrize("cell,relu", CELLS)
-@pytest.mark.parametrize("T,B,I,H", [(12, 9, 6, 70), LONG_SHAPE])
+@pytest.mark.parametrize("T,B,I,H", [(12, 9, 6, 70), LONG_SHAPE, (9, 34, 20, 40)])
 def test_bitwise_identical_across_runs_and_thread_counts(cell, relu, T, B, I, H):
     args = forward_args(cell, T, B, I, H, torch.float32, 5, reset_kind="random")
     threads = torch.get_num_threads()
@@ -237,6 +239,35 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, relu, T, B, I, H)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell,relu", CELLS)
+def test_one_to_three_threads_give_the_same_results(cell, relu):
+    """B = 50 with 1 to 3 threads (three on a 2-core machine: the team's threads take
+    over each other's work): every result of the step loops bitwise equal (the RNN's
+    weight gradients come from BLAS, whose split of the sum changes with 3 threads), and
+    equal to the reference."""
+    args = forward_args(cell, 11, 50, 7, 24, torch.float32, 3, reset_kind="random")
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            for reverse in (False, True):
+                out = run_forward(ops, cell, relu, args, reverse)
+                grads = run_backward(ops, cell, relu, backward_args(cell, args, out, 5), reverse)
+                results.setdefault(reverse, []).append((n, [*out, *grads]))
+    finally:
+        torch.set_num_threads(threads)
+    for runs in results.values():
+        _, first = runs[0]
+        for n, other in runs[1:]:
+            for i, (a, b) in enumerate(zip(first, other)):
+                if cell == "rnn" and n == 3 and i in (4, 5, 6):  # grad_w_ih, grad_w_hh, grad_bias
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+                else:
+                    assert torch.equal(a, b), (n, i)
+    check_against_reference(cell, relu, 11, 50, 7, 24, torch.float64, True, "random", seed=3)
 
 
 # Pre-activations where the float32 activations change regime: 0 and ±0, tiny (tanh must
@@ -324,7 +355,8 @@ def projected_args(T, B, I, H, P, dtype, seed, reset_kind="none", requires_grad=
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("T,B,I,H,P", [(1, 1, 1, 2, 1), (6, 3, 4, 9, 5), (5, 13, 3, 40, 17), (4, 9, 30, 33, 8)])
+@pytest.mark.parametrize("T,B,I,H,P", [(1, 1, 1, 2, 1), (6, 3, 4, 9, 5), (5, 13, 3, 40, 17), (4, 9, 30, 33, 8),
+                                       (5, 35, 7, 24, 11)])
 def test_projected_lstm_ops_match_reference(T, B, I, H, P, dtype):
     for reverse, reset_kind in [(False, "none"), (True, "random"), (False, "first")]:
         args, reset, w_hr = projected_args(T, B, I, H, P, dtype, T + B + P, reset_kind)
