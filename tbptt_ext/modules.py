@@ -140,6 +140,8 @@ class _ChunkedRNNBase(nn.RNNBase):
         CPU kernels: float32 and float64). None without autocast; autocast leaves float64
         alone, as it does for torch.nn."""
         device = x.device.type
+        if not torch.amp.is_autocast_available(device):  # e.g. meta: asking would raise
+            return None
         if not torch.is_autocast_enabled(device) or torch.float64 in (x.dtype, self._flat_weights[0].dtype):
             return None
         dtype = torch.get_autocast_dtype(device)

@@ -106,7 +106,8 @@ def rnn_chunk_backward(
         t = chunk.time_of(s)
         grad_h = grad_output[t] + (chunk.restart(carry, s + 1) if s + 1 < chunk.T else carry)
         h = output[t]
-        delta = grad_h * (h > 0) if relu else grad_h * (1 - h * h)
+        # relu: zero where h <= 0, else grad_h (NaN h included), as torch's threshold_backward
+        delta = torch.where(h <= 0, 0.0, grad_h) if relu else grad_h * (1 - h * h)
         deltas[t], grads_h[t] = delta, grad_h
         carry = delta @ w_hh
     grad_h0 = chunk.restart(carry, 0) if chunk.T else carry.clone()

@@ -156,6 +156,44 @@ def test_nan_propagates_like_torch_nn(name, kwargs):
     assert torch.equal(a.isnan(), b.isnan()) and a.isnan().any()
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name,kwargs", [("RNN", {"nonlinearity": "relu"}), ("RNN", {}), ("LSTM", {}), ("GRU", {})])
+def test_gradients_with_a_nan_input_like_torch_nn(name, kwargs, backend):
+    """A NaN in one row's input at one step: every gradient NaN where torch.nn's is, and
+    equal to torch.nn's elsewhere (relu: torch passes the gradient where h is NaN)."""
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(3, 4, dtype=torch.float64, backend=backend, **kwargs)
+    theirs = getattr(torch.nn, name)(3, 4, dtype=torch.float64, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x[2, 0, 1] = float("nan")
+    grads = []
+    for module in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        out, _ = module(xi)
+        out.sum().backward()
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+        module.zero_grad()
+    for a, b in zip(*grads):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a.nan_to_num(), b.nan_to_num(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name,kwargs", [
+    ("RNN", {}), ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}), ("LSTM", {"proj_size": 3}),
+    ("GRU", {"num_layers": 2}),
+])
+def test_meta_device_like_torch_nn(name, kwargs, backend):
+    ours = getattr(tbptt_ext, name)(4, 5, device="meta", backend=backend, **kwargs)
+    theirs = getattr(torch.nn, name)(4, 5, device="meta", **kwargs)
+    x = torch.randn(6, 3, 4, device="meta")
+    (a, a_state), (b, b_state) = ours(x), theirs(x)
+    a_state, b_state = (a_state, b_state) if name == "LSTM" else ((a_state,), (b_state,))
+    for u, v in zip((a, *a_state), (b, *b_state)):
+        assert u.device.type == "meta" and u.shape == v.shape and u.dtype == v.dtype
+
+
 # Second-order gradients: a gradient penalty (the input gradient taken with
 # create_graph=True, then trained on) must give torch.nn's parameter gradients; the
 # fused backward alone is not differentiable, so this checks the recomputed path.
