@@ -22,8 +22,9 @@ public Functions. Those
 transforms always differentiate with a graph (to compose), so under them the backward
 takes the recomputing path above. Forward-mode AD (``torch.func.jvp``,
 ``torch.autograd.forward_ad``) runs the reference forward's JVP, through the modules only
-(torch.compile cannot trace a Function that has a jvp: see _variant); ``vmap`` (so
-``jacfwd``) is not supported, as for torch.nn's RNNs. LSTM and GRU save an activation
+(torch.compile cannot trace a Function that has a jvp: see _variant). Under ``vmap`` (so
+``jacfwd``, ``hessian``) the modules run the reference forward as plain ops instead of a
+Function (chunk_function); torch.nn's RNNs have no vmap batching rule. LSTM and GRU save an activation
 buffer that setup_context can only see as an output: ``_LSTMChunk`` and ``_GRUChunk``
 return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop it.
 """
@@ -349,12 +350,46 @@ _FORMS = {cell: (_variant(function, False, True), _variant(function, True, True)
           for cell, function in (("RNN", RNNChunk), ("LSTM", _LSTMChunk), ("GRU", _GRUChunk))}
 
 
+class _Traced:
+    """Under vmap (and so jacfwd, hessian): the reference forward itself, plain PyTorch
+    ops that vmap and every other transform see through, in place of the Function
+    (a Function would need a batching rule for the compiled ops). Same arguments and
+    outputs as the Function's apply; no gradient-flow record (`flow` is not called)."""
+
+    def __init__(self, cell: str):
+        self.cell = cell
+
+    def apply(self, input, w_ih, w_hh, b_ih, b_hh, h0, *rest):
+        if self.cell == "LSTM":
+            c0, reset, reverse, _fused, _flow, w_hr = rest
+            args = (input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
+        elif self.cell == "GRU":
+            reset, reverse, _fused, _flow = rest
+            args = (input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
+        else:
+            reset, reverse, relu, _fused, _flow = rest
+            args = (input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
+        forward = getattr(reference, f"{self.cell.lower()}_chunk_forward")
+        return _without_autocast(input.device.type, forward, *args)
+
+
+_TRACED = {cell: _Traced(cell) for cell in ("RNN", "LSTM", "GRU")}
+
+
+def _under_vmap() -> bool:
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
 def chunk_function(cell: str) -> type[torch.autograd.Function]:
     """The Function the modules apply for `cell` ("RNN", "LSTM", "GRU"): the same forward,
     setup and backward as RNNChunk, _LSTMChunk or _GRUChunk, in the setup_context form with
     a jvp under a torch.func transform, in the combined form with a jvp inside a
     torch.autograd.forward_ad dual level, else in the combined form without (the fastest
-    to apply, and traceable by torch.compile)."""
+    to apply, and traceable by torch.compile). Under vmap: the reference forward as plain
+    ops (_Traced), not a Function."""
     if torch._C._are_functorch_transforms_active():
-        return _FORMS[cell][0]
+        return _TRACED[cell] if _under_vmap() else _FORMS[cell][0]
     return _FORMS[cell][1 if forward_ad._current_level >= 0 else 2]

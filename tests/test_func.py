@@ -166,3 +166,55 @@ def test_jvp_with_reset_matches_finite_differences(name):
     plus = f({k: p + eps * direction[k] for k, p in params.items()})
     minus = f({k: p - eps * direction[k] for k, p in params.items()})
     torch.testing.assert_close(got, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
+
+
+# vmap (and jacfwd, hessian, which vmap a jvp or a backward): the modules run the
+# reference forward as plain ops there. torch.nn's RNNs have no batching rule, so the
+# truth is torch.nn one sample at a time, and torch.nn's jacrev / autograd.functional.
+@pytest.mark.parametrize("name,kwargs", CONFIGS + [("GRU", {"batch_first": True})])
+def test_vmap_like_torch_nn_sample_by_sample(name, kwargs):
+    ours, theirs, params = pair(name, kwargs, seed=3)
+    batch_first = kwargs.get("batch_first", False)
+    xs = torch.randn(4, *((2, 5) if batch_first else (5, 2)), 3, dtype=torch.float64)  # T = 5, B = 2
+    h0 = torch.randn(4, (2 if kwargs.get("bidirectional") else 1) * kwargs.get("num_layers", 1), 2,
+                     2 if kwargs.get("proj_size") else 4, dtype=torch.float64)
+    c0 = torch.randn(4, h0.shape[1], 2, 4, dtype=torch.float64)
+
+    def call(module, x, h, c):
+        hx = (h, c) if name == "LSTM" else h
+        out, state = module(x, hx)
+        return out, *(state if isinstance(state, tuple) else (state,))
+
+    got = torch.func.vmap(lambda x, h, c: call(ours, x, h, c))(xs, h0, c0)
+    want = [torch.stack(t) for t in zip(*(call(theirs, x, h, c) for x, h, c in zip(xs, h0, c0)))]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float64, "vmap")
+    # a reset mask shared by the batch of samples
+    reset = torch.rand(*((2, 5) if batch_first else (5, 2))) < 0.4
+    got = torch.func.vmap(lambda x: ours(x, reset=reset)[0])(xs)
+    want = torch.stack([ours(x, reset=reset)[0] for x in xs])
+    assert_close(got, want, torch.float64, "vmap with a reset mask")
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS[1:4])
+def test_jacfwd_like_torch_nn_jacrev(name, kwargs):
+    ours, theirs, params = pair(name, kwargs, seed=4)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    got = torch.func.jacfwd(lambda x: functional_call(ours, params, (x,))[0])(x)
+    want = jacrev(lambda x: functional_call(theirs, params, (x,))[0])(x)
+    assert_close(got, want, torch.float64, "jacobian of the output by the input")
+    got = torch.func.jacfwd(lambda p: loss_of(ours)(p, x))(params)
+    want = grad(loss_of(theirs))(params, x)
+    for key in params:
+        assert_close(got[key], want[key], torch.float64, f"jacfwd of the loss by {key}")
+
+
+@pytest.mark.parametrize("name,kwargs", [CONFIGS[0], CONFIGS[3], CONFIGS[4]])
+def test_hessian_like_torch_nn(name, kwargs):
+    ours, theirs, params = pair(name, kwargs, seed=5)
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    got = torch.func.hessian(lambda x: loss_of(ours)(params, x))(x)
+    want = torch.autograd.functional.hessian(lambda x: loss_of(theirs)(params, x), x)
+    assert got.shape == (3, 2, 3, 3, 2, 3)
+    assert_close(got, want, torch.float64, "hessian by the input")
