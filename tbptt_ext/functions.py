@@ -18,15 +18,15 @@ reference's speed; a first-order backward always runs the one backward op.
 
 The Functions are written in the ``setup_context`` form, so ``torch.func.grad``, ``vjp``,
 ``jacrev`` and ``functional_call`` work over the modules, as over torch.nn's, and on the
-public Functions. Those
-transforms always differentiate with a graph (to compose), so under them the backward
-takes the recomputing path above. Forward-mode AD (``torch.func.jvp``,
-``torch.autograd.forward_ad``) runs the reference forward's JVP, through the modules only
-(torch.compile cannot trace a Function that has a jvp: see _variant). Under ``vmap`` (so
-``jacfwd``, ``hessian``) the modules run the reference forward as plain ops instead of a
-Function (chunk_function); torch.nn's RNNs have no vmap batching rule. LSTM and GRU save an activation
-buffer that setup_context can only see as an output: ``_LSTMChunk`` and ``_GRUChunk``
-return it (not differentiable), and the public ``LSTMChunk``/``GRUChunk`` drop it.
+public Functions. Those transforms always differentiate with a graph (to compose), so
+under them the backward takes the recomputing path above. Forward-mode AD
+(``torch.func.jvp``, ``torch.autograd.forward_ad``) runs the reference forward's JVP,
+through the modules only (torch.compile cannot trace a Function that has a jvp: see
+_variant). Under ``vmap`` (so ``jacfwd``, ``hessian``) the modules run the reference
+forward as plain ops instead of a Function (chunk_function); torch.nn's RNNs have no
+vmap batching rule. LSTM and GRU save an activation buffer that setup_context can only
+see as an output: ``_LSTMChunk`` and ``_GRUChunk`` return it (not differentiable), and
+the public ``LSTMChunk``/``GRUChunk`` drop it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from __future__ import annotations
 import inspect
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd import forward_ad
 
 from . import ops, reference
@@ -345,41 +347,34 @@ def _variant(function: type[torch.autograd.Function], combined: bool, jvp: bool)
     return type(function.__name__.lstrip("_"), (torch.autograd.Function,), attrs)
 
 
+_CELLS = (("RNN", RNNChunk), ("LSTM", _LSTMChunk), ("GRU", _GRUChunk))
+
 # per cell: (under torch.func transforms, under torch.autograd.forward_ad, otherwise)
 _FORMS = {cell: (_variant(function, False, True), _variant(function, True, True), _variant(function, True, False))
-          for cell, function in (("RNN", RNNChunk), ("LSTM", _LSTMChunk), ("GRU", _GRUChunk))}
+          for cell, function in _CELLS}
 
 
 class _Traced:
-    """Under vmap (and so jacfwd, hessian): the reference forward itself, plain PyTorch
-    ops that vmap and every other transform see through, in place of the Function
-    (a Function would need a batching rule for the compiled ops). Same arguments and
-    outputs as the Function's apply; no gradient-flow record (`flow` is not called)."""
+    """Under vmap (and so jacfwd, hessian): `function`'s forward with fused=False called
+    directly, the reference forward's plain PyTorch ops, which vmap and every other
+    transform see through, in place of the Function (a Function would need a batching
+    rule for the compiled ops). Same arguments and outputs as the Function's apply; no
+    gradient-flow record (`flow` is not called)."""
 
-    def __init__(self, cell: str):
-        self.cell = cell
+    def __init__(self, function: type[torch.autograd.Function]):
+        self.forward = function.forward
+        self.fused = list(inspect.signature(function.forward).parameters).index("fused")
 
-    def apply(self, input, w_ih, w_hh, b_ih, b_hh, h0, *rest):
-        if self.cell == "LSTM":
-            c0, reset, reverse, _fused, _flow, w_hr = rest
-            args = (input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr)
-        elif self.cell == "GRU":
-            reset, reverse, _fused, _flow = rest
-            args = (input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse)
-        else:
-            reset, reverse, relu, _fused, _flow = rest
-            args = (input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu)
-        forward = getattr(reference, f"{self.cell.lower()}_chunk_forward")
-        return _without_autocast(input.device.type, forward, *args)
+    def apply(self, *args):
+        args = list(args)
+        args[self.fused] = False
+        return self.forward(*args)
 
 
-_TRACED = {cell: _Traced(cell) for cell in ("RNN", "LSTM", "GRU")}
+_TRACED = {cell: _Traced(function) for cell, function in _CELLS}
 
 
 def _under_vmap() -> bool:
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
