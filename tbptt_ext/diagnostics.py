@@ -306,5 +306,12 @@ def truncation_bias(
 
 
 def _cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity in [-1, 1]: exactly 1.0 for equal vectors (both zero included),
+    0.0 when exactly one of them is zero (a truncated gradient that lost everything
+    shares no direction with the full one)."""
+    if torch.equal(a, b):
+        return 1.0
     denominator = a.norm() * b.norm()
-    return 1.0 if denominator == 0 else (a @ b / denominator).item()
+    if denominator == 0:
+        return 0.0
+    return min(1.0, max(-1.0, (a @ b / denominator).item()))

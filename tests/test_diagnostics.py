@@ -323,6 +323,37 @@ def test_truncation_bias_is_not_dropout_noise():
     assert result.full_gradient_norm > 0
 
 
+class DelayedReadout(nn.Module):
+    """Reads out the state entering each step (a one-step-delayed prediction): with k = 1
+    no loss term reaches the recurrence, so its truncated gradient is exactly zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = tbptt_ext.GRU(I, H, dtype=torch.float64)
+
+    def forward(self, x, state=None):
+        if state is None:
+            state = x.new_zeros(1, x.shape[1], H)
+        out, state_n = self.rnn(x, state)
+        return torch.cat([state, out[:-1]]).sum(-1, keepdim=True), state_n
+
+
+def test_truncation_bias_of_a_gradient_lost_entirely():
+    # a zero truncated gradient shares no direction with the full one: cosine 0, not 1
+    # (suggest() picked such a k before), while the exact k = window gives exactly 1
+    torch.manual_seed(0)
+    model = DelayedReadout()
+    x, y = torch.randn(8, B, I, dtype=torch.float64), torch.randn(8, B, 1, dtype=torch.float64)
+    result = truncation_bias(model, x, y, nn.functional.mse_loss, ks=[1, 2, 8])
+    assert result.relative_error[0] == pytest.approx(1.0) and result.cosine[0] == 0.0
+    assert 0.0 < abs(result.cosine[1]) < 1.0
+    assert result.cosine[2] == 1.0 and result.relative_error[2] == 0.0
+    assert result.suggest(threshold=1.0) == 8 and result.suggest(threshold=0.0) == 1
+    for name, values in result.per_parameter.items():
+        assert values["cosine"][0] == 0.0 and values["cosine"][2] == 1.0, name
+        assert all(-1.0 <= c <= 1.0 for c in values["cosine"]), name
+
+
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 def test_gradient_flow_under_create_graph(cell):
     # a backward with create_graph=True (gradients recomputed through the reference
