@@ -18,6 +18,7 @@ the usual loop::
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import operator
 import time
@@ -56,7 +57,10 @@ def detach_state(state: Any) -> Any:
     if isinstance(state, (tuple, list)):
         return type(state)(detach_state(s) for s in state)
     if isinstance(state, dict):
-        return type(state)((k, detach_state(v)) for k, v in state.items())
+        detached = copy.copy(state)  # the same type, with e.g. a defaultdict's factory
+        for k, v in state.items():
+            detached[k] = detach_state(v)
+        return detached
     raise TypeError(
         f"detach_state: expected a tensor, tuple, list, dict or None, got {type(state).__name__}"
     )

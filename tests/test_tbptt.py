@@ -193,6 +193,18 @@ def test_detach_state_nested():
         detach_state(object())
 
 
+def test_detach_state_keeps_dict_subclasses():
+    # a defaultdict's constructor takes its factory first: rebuilding it from pairs raised
+    w = torch.randn(3, requires_grad=True)
+    state = collections.defaultdict(list, h=w * 2)
+    out = detach_state(state)
+    assert type(out) is collections.defaultdict and out.default_factory is list
+    assert not out["h"].requires_grad and torch.equal(out["h"], (w * 2).detach())
+    assert state["h"].requires_grad  # the input is left as it was
+    ordered = detach_state(collections.OrderedDict([("b", w + 1), ("a", w - 1)]))
+    assert type(ordered) is collections.OrderedDict and list(ordered) == ["b", "a"]
+
+
 def saved_bytes_after_updates(T):
     """Bytes of tensors that autograd saved for backward and that are still alive
     after updates of a TBPTT run over T steps (parameters and views of the inputs
