@@ -81,15 +81,18 @@ def train_bytes(n_bytes: int) -> int:
 
 
 def check_corpus_size(args, n_bytes: int,
-                      remedy: str = "(--max-chars, --text), or a smaller --batch or --bptt") -> None:
+                      remedy: str = "(--max-chars, --text), or a smaller --batch or --bptt",
+                      settings: str | None = None) -> None:
     """SystemExit unless the text gives every stream at least one training chunk (k + 1
-    steps) and a held-out part of at least two steps; `remedy` names the options to change."""
+    steps) and a held-out part of at least two steps; `remedy` names the options to change,
+    `settings` how the message names the batch and chunk length (default: as options)."""
     train_steps = train_bytes(n_bytes) // args.batch
     valid_steps = (n_bytes - train_bytes(n_bytes)) // min(args.batch, 8)
     if train_steps < args.bptt + 1 or valid_steps < 2:
         need = max((args.bptt + 1) * args.batch / TRAIN_FRACTION, 2 * min(args.batch, 8) / (1 - TRAIN_FRACTION))
         raise SystemExit(
-            f"{n_bytes:,} bytes of text are too few for --batch {args.batch} x --bptt {args.bptt}: each stream "
+            f"{n_bytes:,} bytes of text are too few for "
+            f"{settings or f'--batch {args.batch} x --bptt {args.bptt}'}: each stream "
             f"needs at least one chunk of {args.bptt + 1} steps and a held-out part; use about {math.ceil(need):,} "
             f"bytes or more {remedy}"
         )

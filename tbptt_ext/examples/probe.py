@@ -87,7 +87,9 @@ def main(argv=None) -> None:
     else:
         lm_args = char_lm.parse_args(["--max-chars", str(args.train_chars), "--sample-chars", "0",
                                       "--device", args.device])
-        char_lm.check_corpus_size(lm_args, args.train_chars, "(--train-chars)")
+        char_lm.check_corpus_size(
+            lm_args, args.train_chars, "(--train-chars)",
+            settings=f"training the main job's model first ({lm_args.batch} streams x chunks of {lm_args.bptt} steps)")
         print(f"training the main job's model on {args.train_chars:,} bytes first (--load FILE skips this) ...")
         result = char_lm.train(lm_args, "tbptt_ext.LSTM", quiet=True)
         model = char_lm.CharLM(tbptt_ext.LSTM, embed=lm_args.embed, hidden=lm_args.hidden, layers=lm_args.layers)
