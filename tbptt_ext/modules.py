@@ -116,6 +116,9 @@ class _ChunkedRNNBase(nn.RNNBase):
 
     # ----------------------------------------------------------------- forward
     def forward(self, input, hx=None, *, reset=None):
+        # as torch.nn: the parameters as they are now (assigned, parametrized, or swapped in
+        # by torch.func.functional_call), for the checks and the layers alike
+        self._update_flat_weights()
         inp = self._normalize_input(input)
         hx = self._initial_state(inp, hx)
         states = tuple(hx) if self._has_cell_state else (hx,)
@@ -254,11 +257,15 @@ class _ChunkedRNNBase(nn.RNNBase):
     def _layer_params(self, layer: int, reverse: bool, dtype=None):
         """The layer's parameters, cast to dtype (under autocast) where they differ."""
         suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-        w_ih = getattr(self, "weight_ih" + suffix)
-        w_hh = getattr(self, "weight_hh" + suffix)
-        b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
-        b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
-        w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None
+        # from _flat_weights (refreshed by forward), so that a parametrization is evaluated
+        # as often as in torch.nn (a stateful one, e.g. spectral_norm's power iteration, then
+        # trains alike)
+        weights = dict(zip(self._flat_weights_names, self._flat_weights))
+        w_ih = weights["weight_ih" + suffix]
+        w_hh = weights["weight_hh" + suffix]
+        b_ih = weights["bias_ih" + suffix] if self.bias else None
+        b_hh = weights["bias_hh" + suffix] if self.bias else None
+        w_hr = weights["weight_hr" + suffix] if self.proj_size > 0 else None
         params = (w_ih, w_hh, b_ih, b_hh, w_hr)
         if dtype is None:
             return params

@@ -94,6 +94,61 @@ def test_functional_call_and_to(name):
     assert torch.count_nonzero(out) == 0 if name != "GRU" else torch.allclose(out, torch.zeros_like(out))
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_functional_call_with_parameters_of_another_dtype_or_device(name):
+    """As torch.nn: the module's checks and layers use the parameters passed to
+    functional_call, also where they differ in dtype from the module's own, or where the
+    module is a stateless meta-device copy (torch.func's model-ensembling recipe)."""
+    import copy
+
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(4, 5, num_layers=2)
+    theirs = getattr(torch.nn, name)(4, 5, num_layers=2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    params64 = {k: v.detach().double() for k, v in theirs.named_parameters()}
+    out, _ = torch.func.functional_call(ours, params64, (x,))
+    assert out.dtype == torch.float64
+    assert_close(out, torch.func.functional_call(theirs, params64, (x,))[0], torch.float64, "float64 parameters")
+    params32 = dict(theirs.named_parameters())
+    out, _ = torch.func.functional_call(copy.deepcopy(ours).double(), params32, (x.float(),))
+    assert_close(out, theirs(x.float())[0], torch.float32, "float32 parameters on a float64 module")
+    # ensembling: three models' parameters stacked, one meta-device copy as the base, vmap
+    models = [getattr(tbptt_ext, name)(4, 5, num_layers=2) for _ in range(3)]
+    stacked, buffers = torch.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    xs = torch.randn(3, 2, 4)
+
+    def run(params, buffers):
+        return torch.func.functional_call(base, (params, buffers), (xs,))[0]
+
+    ensemble = torch.vmap(run)(stacked, buffers)
+    for i, model in enumerate(models):
+        theirs.load_state_dict(model.state_dict())
+        assert_close(ensemble[i], theirs(xs)[0], torch.float32, f"ensemble member {i}")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_spectral_norm_trains_like_torch_nn(name):
+    """A stateful parametrization (spectral_norm's power iteration, one per evaluation in
+    train mode) is evaluated as often per forward as in torch.nn, so training matches."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(4, 5, dtype=torch.float64)
+    theirs = getattr(torch.nn, name)(4, 5, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    for m in (ours, theirs):
+        torch.manual_seed(1)  # the same initial power-iteration vectors
+        spectral_norm(m, "weight_hh_l0")
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    for _ in range(3):
+        a, b = ours(x)[0], theirs(x)[0]
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.parametrizations.weight_hh_l0[0]._u, theirs.parametrizations.weight_hh_l0[0]._u,
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     import tbptt_ext.ops as ops
     import tbptt_ext.modules as modules
@@ -154,6 +209,38 @@ def test_nan_propagates_like_torch_nn(name, kwargs):
     a, _ = ours(x)
     b, _ = theirs(x)
     assert torch.equal(a.isnan(), b.isnan()) and a.isnan().any()
+
+
+@requires_fused_cpu
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_infinities_give_nan_where_torch_nn_does(name):
+    """float32: a closed gate (sigmoid of a pre-activation below -88) is exactly 0, so an
+    infinite state or input under it gives torch.nn's NaN (0 * inf), not a finite or
+    infinite value (the kernels' sigmoid was 6e-39 there)."""
+    torch.manual_seed(0)
+    ours = getattr(tbptt_ext, name)(4, 5)
+    theirs = getattr(torch.nn, name)(4, 5)
+    theirs.load_state_dict(ours.state_dict())
+    x, h0 = torch.randn(3, 2, 4), torch.randn(1, 2, 5)
+    h0[0, 0, 1] = float("inf")
+    hx = (h0, torch.randn(1, 2, 5)) if name == "LSTM" else h0
+    a, b = ours(x, hx)[0], theirs(x, hx)[0]
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+    torch.testing.assert_close(a.nan_to_num(0, 0, 0), b.nan_to_num(0, 0, 0))
+    nans = int(a.isnan().sum())
+    x = torch.randn(2, 1, 4)
+    x[0, 0, 2] = float("inf")  # saturates every gate of the first step
+    grads = []
+    for module in (ours, theirs):
+        out, _ = module(x)
+        out.sum().backward()
+        grads.append([out.detach()] + [p.grad for p in module.parameters()])
+        module.zero_grad()
+    for a, b in zip(*grads):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        torch.testing.assert_close(a.nan_to_num(0, 0, 0), b.nan_to_num(0, 0, 0))
+        nans += int(a.isnan().sum())
+    assert nans > 0  # the cases reach 0 * inf
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])

@@ -62,7 +62,11 @@ TBPTT_HD float sigmoid(float x) {
 #if defined(__CUDACC__)
   return 1.0f / (1.0f + expf(-x));
 #else
-  return 1.0f / (2.0f + expm1_vectorizable(-x));
+  // Below -88 expm1's clamp would leave 6e-39 (torch: a denormal down to exactly 0 at
+  // -inf). 0 there, so that 0 * inf gives NaN where torch's does (e.g. an infinite state
+  // under a closed gate). A NaN x fails the comparison and stays NaN.
+  const float s = 1.0f / (2.0f + expm1_vectorizable(-x));
+  return x < -88.0f ? 0.0f : s;
 #endif
 }
 
