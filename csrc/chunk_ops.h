@@ -151,8 +151,10 @@ Dims check_dims(const char* op, const at::Tensor& input, const at::Tensor& w_ih,
   check_arg(op, "w_ih", w_ih, {G * d.H, d.I}, input);
   check_arg(op, "w_hh", w_hh, {G * d.H, d.P}, input);
   if (w_hr.defined()) {
-    TORCH_CHECK(P < H, op, ": the projection size P must be smaller than the hidden size H (as in torch.nn), got P = ",
-                P, ", H = ", H);
+    TORCH_CHECK(w_hr.dim() == 2, op, ": w_hr must be [P, H] (P: the projection size), got shape ", w_hr.sizes());
+    TORCH_CHECK(P >= 1 && P < H, op,
+                ": the projection size P (the width of h0) must be at least 1 and smaller than the hidden size H "
+                "(as in torch.nn; without a projection pass no w_hr), got P = ", P, ", H = ", H);
     check_arg(op, "w_hr", w_hr, {d.P, d.H}, input);
   }
   return d;
@@ -380,6 +382,8 @@ struct ChunkOps {
       const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& output,
       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0, const OptTensor& reset, bool reverse,
       bool relu, bool input_needs_grad, bool record_flow) {
+    TORCH_CHECK(output.dim() == 3, "tbptt_ext::rnn_chunk_backward: output must be [T, B, H], got shape ",
+                output.sizes());
     return BOOL_SWITCH(relu, kRelu, [&] {
       const at::Tensor none_saved = at::empty({output.size(0), output.size(1), 0}, output.options());
       auto r = chunk_backward<RNNCell<kRelu>, Backend>("tbptt_ext::rnn_chunk_backward", grad_output, grad_h_n,

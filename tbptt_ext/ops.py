@@ -128,6 +128,71 @@ def gru_chunk_backward(
 
 
 # -------------------------------------------------------------- fake kernels
+# The fake kernels check their arguments as the compiled ops do (csrc/chunk_ops.h,
+# check_dims and check_arg): they also run for real tensors whenever one argument is on
+# the meta device, and would otherwise return outputs of a wrong shape or on mixed
+# devices instead of the error the kernels give.
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+_SAVED_BLOCKS = {"rnn": 0, "lstm": 5, "gru": 4}
+
+
+def _check_shape(op: str, name: str, t: Tensor, shape, like: Tensor) -> None:
+    shape = tuple(shape)
+    torch._check(t.dim() == len(shape) and all(a == b for a, b in zip(t.shape, shape)),
+                 lambda: f"{op}: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    torch._check(t.dtype == like.dtype,
+                 lambda: f"{op}: {name} must have dtype {like.dtype} (the dtype of input), got {t.dtype}")
+    torch._check(t.device == like.device,
+                 lambda: f"{op}: {name} must be on {like.device} (the device of input), got {t.device}")
+
+
+def _check_args(cell: str, direction: str, input: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor, reset,
+                w_hr=None, c0=None, biases=(), backward=()) -> None:
+    """backward: (grad_output, output, saved, grad_h_n, grad_c_n or None)."""
+    op = f"tbptt_ext::{cell}_chunk_{direction}"
+    gates = _GATES[cell]
+    torch._check(input.dim() == 3, lambda: f"{op}: input must be [T, B, I], got shape {list(input.shape)}")
+    torch._check(input.dtype.is_floating_point, lambda: f"{op}: input must be a floating-point tensor, got {input.dtype}")
+    torch._check(h0.dim() == 2, lambda: f"{op}: h0 must be [B, {'P' if w_hr is not None else 'H'}], got shape "
+                                        f"{list(h0.shape)}")
+    torch._check(w_hh.dim() == 2 and w_hh.shape[0] % gates == 0,
+                 lambda: f"{op}: w_hh must be [{gates}H, {'P' if w_hr is not None else 'H'}], got shape "
+                         f"{list(w_hh.shape)}")
+    T, B, I = input.shape
+    H = w_hh.shape[0] // gates
+    P = h0.shape[1] if w_hr is not None else H
+    _check_shape(op, "h0", h0, (B, P), input)
+    _check_shape(op, "w_ih", w_ih, (gates * H, I), input)
+    _check_shape(op, "w_hh", w_hh, (gates * H, P), input)
+    if w_hr is not None:
+        torch._check(w_hr.dim() == 2, lambda: f"{op}: w_hr must be [P, H] (P: the projection size), got shape "
+                                              f"{list(w_hr.shape)}")
+        torch._check(1 <= P and P < H, lambda: f"{op}: the projection size P (the width of h0) must be at least 1 and "
+                                              f"smaller than the hidden size H, got P = {P}, H = {H}")
+        _check_shape(op, "w_hr", w_hr, (P, H), input)
+    if c0 is not None:
+        _check_shape(op, "c0", c0, (B, H), input)
+    for name, b in biases:
+        if b is not None:
+            _check_shape(op, name, b, (gates * H,), input)
+    if reset is not None:
+        torch._check(reset.dtype in (torch.bool, torch.uint8),
+                     lambda: f"{op}: reset must be a bool (or uint8 0/1) tensor, got {reset.dtype}")
+        torch._check(reset.dim() == 2 and reset.shape[0] == T and reset.shape[1] == B,
+                     lambda: f"{op}: reset must have shape [T, B] = [{T}, {B}], got {list(reset.shape)}")
+        torch._check(reset.device == input.device, lambda: f"{op}: reset must be on {input.device}, got {reset.device}")
+    if backward:
+        grad_output, output, saved, grad_h_n, grad_c_n = backward
+        blocks = _SAVED_BLOCKS[cell] + (1 if w_hr is not None else 0)
+        _check_shape(op, "grad_output", grad_output, (T, B, P), input)
+        _check_shape(op, "output", output, (T, B, P), input)
+        if saved is not None:
+            _check_shape(op, "saved", saved, (T, B, blocks * H), input)
+        _check_shape(op, "grad_h_n", grad_h_n, (B, P), input)
+        if grad_c_n is not None:
+            _check_shape(op, "grad_c_n", grad_c_n, (B, H), input)
+
+
 def _sequence(like: Tensor, width: int) -> Tensor:
     return like.new_empty((like.shape[0], like.shape[1], width))
 
@@ -149,17 +214,21 @@ if EXTENSION_ERROR is None:
 
     @torch.library.register_fake("tbptt_ext::rnn_chunk_forward")
     def _(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu):
+        _check_args("rnn", "forward", input, w_ih, w_hh, h0, reset, biases=(("b_ih", b_ih), ("b_hh", b_hh)))
         return _sequence(input, h0.shape[1]), h0.new_empty(h0.shape)
 
     @torch.library.register_fake("tbptt_ext::rnn_chunk_backward")
     def _(grad_output, grad_h_n, input, output, w_ih, w_hh, h0, reset, reverse, relu, input_needs_grad,
           record_flow):
+        _check_args("rnn", "backward", input, w_ih, w_hh, h0, reset,
+                    backward=(grad_output, output, None, grad_h_n, None))
         grad_w_ih, grad_w_hh, grad_bias = _weight_grads(w_ih, w_hh, h0)
         return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), grad_w_ih, grad_w_hh, grad_bias,
                 _norms(input, record_flow))
 
     @torch.library.register_fake("tbptt_ext::lstm_chunk_forward")
     def _(input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr=None):
+        _check_args("lstm", "forward", input, w_ih, w_hh, h0, reset, w_hr, c0, (("b_ih", b_ih), ("b_hh", b_hh)))
         hidden = c0.shape[1]
         blocks = 5 if w_hr is None else 6
         return (_sequence(input, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
@@ -168,6 +237,8 @@ if EXTENSION_ERROR is None:
     @torch.library.register_fake("tbptt_ext::lstm_chunk_backward")
     def _(grad_output, grad_h_n, grad_c_n, input, output, saved, w_ih, w_hh, h0, c0, reset, reverse,
           input_needs_grad, record_flow, w_hr=None):
+        _check_args("lstm", "backward", input, w_ih, w_hh, h0, reset, w_hr, c0,
+                    backward=(grad_output, output, saved, grad_h_n, grad_c_n))
         grad_w_ih, grad_w_hh, grad_bias = _weight_grads(w_ih, w_hh, h0)
         grad_w_hr = w_hh.new_empty((0,) if w_hr is None else w_hr.shape)
         return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), c0.new_empty(c0.shape), grad_w_ih,
@@ -175,12 +246,15 @@ if EXTENSION_ERROR is None:
 
     @torch.library.register_fake("tbptt_ext::gru_chunk_forward")
     def _(input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse):
+        _check_args("gru", "forward", input, w_ih, w_hh, h0, reset, biases=(("b_ih", b_ih), ("b_hh", b_hh)))
         hidden = h0.shape[1]
         return _sequence(input, hidden), h0.new_empty(h0.shape), _sequence(input, 4 * hidden)
 
     @torch.library.register_fake("tbptt_ext::gru_chunk_backward")
     def _(grad_output, grad_h_n, input, output, saved, w_ih, w_hh, h0, reset, reverse, input_needs_grad,
           record_flow):
+        _check_args("gru", "backward", input, w_ih, w_hh, h0, reset,
+                    backward=(grad_output, output, saved, grad_h_n, None))
         grad_w_ih, grad_w_hh, grad_b_ih = _weight_grads(w_ih, w_hh, h0)
         return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), grad_w_ih, grad_w_hh, grad_b_ih,
                 grad_b_ih.new_empty(grad_b_ih.shape), _norms(input, record_flow))

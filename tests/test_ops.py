@@ -397,5 +397,52 @@ def test_projection_argument_errors():
     fwd = torch.ops.tbptt_ext.lstm_chunk_forward
     with pytest.raises(RuntimeError, match=r"w_hr must have shape \[3, 6\]"):
         fwd(*args, None, False, w_hr[:, :5])
-    with pytest.raises(RuntimeError, match="projection size P must be smaller than the hidden size"):
+    message = "projection size P \\(the width of h0\\) must be at least 1 and smaller than the hidden size"
+    with pytest.raises(RuntimeError, match=message):
         fwd(*projected_args(3, 2, 4, 6, 6, torch.float32, 0)[0], None, False, torch.randn(6, 6))
+    # an empty projection (P = 0) ran, with the gates reading stale workspace
+    x, w_ih, _, b_ih, b_hh, _, c0 = args
+    with pytest.raises(RuntimeError, match=message + ".*got P = 0"):
+        fwd(x, w_ih, torch.empty(24, 0), b_ih, b_hh, torch.empty(2, 0), c0, None, False, torch.empty(0, 6))
+    with pytest.raises(RuntimeError, match=r"w_hr must be \[P, H\].*got shape \[6\]"):
+        fwd(*projected_args(3, 2, 4, 6, 6, torch.float32, 0)[0], None, False, torch.randn(6))
+
+
+def test_rnn_backward_output_of_the_wrong_rank():
+    x, w_ih, w_hh, h0 = torch.randn(3, 2, 4), torch.randn(5, 4), torch.randn(5, 5), torch.randn(2, 5)
+    out, h_n = torch.ops.tbptt_ext.rnn_chunk_forward(x, w_ih, w_hh, None, None, h0, None, False, False)
+    for bad in (out.flatten(), torch.tensor(1.0)):
+        with pytest.raises(RuntimeError, match=r"rnn_chunk_backward: output must be \[T, B, H\]"):
+            torch.ops.tbptt_ext.rnn_chunk_backward(torch.randn_like(out), torch.randn_like(h_n), x, bad, w_ih, w_hh,
+                                                   h0, None, False, False, True, False)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_fake_kernels_check_their_arguments(cell):
+    """The fake kernels run for every call with an argument on the meta device (and under
+    torch.compile); they raise where the compiled ops do, instead of returning outputs of
+    a wrong shape or on mixed devices (a meta reset among CPU tensors gave uninitialised
+    CPU outputs)."""
+    G, T, B, I, H = {"rnn": 1, "lstm": 4, "gru": 3}[cell], 3, 2, 4, 5
+    fwd = getattr(torch.ops.tbptt_ext, f"{cell}_chunk_forward")
+
+    def call(x, w_ih, w_hh, h0, reset=None, device="meta"):
+        args = [t.to(device) if t is not None and t.device.type != "meta" else t for t in (x, w_ih, w_hh)]
+        tail = (reset, False, False) if cell == "rnn" else (reset, False)
+        states = (h0, torch.zeros(B, H, device=device)) if cell == "lstm" else (h0,)
+        return fwd(*args, None, None, *states, *tail)
+
+    x, w_ih, w_hh, h0 = torch.randn(T, B, I), torch.randn(G * H, I), torch.randn(G * H, H), torch.randn(B, H)
+    outputs = call(x, w_ih, w_hh, h0.to("meta"))
+    assert outputs[0].shape == (T, B, H) and outputs[0].device.type == "meta"
+    with pytest.raises(RuntimeError, match=r"h0 must have shape \[2, 5\], got \[7, 9\]"):
+        call(x, w_ih, w_hh, torch.randn(7, 9, device="meta"))
+    with pytest.raises(RuntimeError, match=r"w_ih must have shape"):
+        call(x, w_ih[:, :3], w_hh, h0.to("meta"))
+    with pytest.raises(RuntimeError, match=r"reset must have shape \[T, B\] = \[3, 2\]"):
+        call(x, w_ih, w_hh, h0.to("meta"), torch.zeros(2, 3, dtype=torch.bool, device="meta"))
+    # one meta argument among CPU ones: an error, not uninitialised CPU outputs
+    with pytest.raises(RuntimeError, match="reset must be on cpu, got meta"):
+        call(x, w_ih, w_hh, h0, torch.zeros(T, B, dtype=torch.bool, device="meta"), device="cpu")
+    with pytest.raises(RuntimeError, match=r"h0 must be on meta \(the device of input\), got cpu"):
+        call(x.to("meta"), w_ih, w_hh, h0, device="cpu")

@@ -186,7 +186,14 @@ class RecurrentMatrix {
   // Column panels [p0, p1) of out[B, N] = a[B, K] m, or out += a m with accumulate;
   // out row-major and contiguous, rows of a lda apart (default: contiguous).
   void multiply(const T* a, int64_t B, bool accumulate, T* out, int64_t p0, int64_t p1, int64_t lda = -1) const {
-    if (B == 0 || K_ == 0) return;
+    if (B == 0) return;
+    if (K_ == 0) {  // an empty sum: out = 0 (unchanged with accumulate)
+      if (!accumulate) {
+        const int64_t n0 = std::min(p0 * nr_, N_), n1 = std::min(p1 * nr_, N_);
+        for (int64_t b = 0; b < B; ++b) std::fill(out + b * N_ + n0, out + b * N_ + n1, T(0));
+      }
+      return;
+    }
     matmul::multiply_panels_dispatch<T>(isa_, a, lda < 0 ? K_ : lda, B, K_, N_, packed_.const_data_ptr<T>(),
                                         accumulate, out, p0, p1);
   }
