@@ -258,3 +258,94 @@ if EXTENSION_ERROR is None:
         grad_w_ih, grad_w_hh, grad_b_ih = _weight_grads(w_ih, w_hh, h0)
         return (_input_grad(input, input_needs_grad), h0.new_empty(h0.shape), grad_w_ih, grad_w_hh, grad_b_ih,
                 grad_b_ih.new_empty(grad_b_ih.shape), _norms(input, record_flow))
+
+
+# ------------------------------------------------------------ autograd formulas
+# The modules differentiate through their own autograd.Functions (tbptt_ext.functions),
+# which call these ops with autograd off. The formulas below are for the ops called
+# directly, and for graphs that call them directly (torch.export of a module): the
+# forward op's gradient is its backward op. The backward ops have no derivative of
+# their own: differentiating them raises (the modules' Functions give second-order
+# gradients).
+def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _bias_grads(grad_bias: Tensor, has_bias: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    # one sum serves both biases; two tensors, so that the two .grad never share storage
+    has_ih, has_hh = has_bias
+    return (grad_bias if has_ih else None,
+            (grad_bias.clone() if has_ih else grad_bias) if has_hh else None)
+
+
+def _input_grad_or_none(grad_input: Tensor, ctx) -> Tensor | None:
+    return grad_input if ctx.needs_input_grad[0] else None
+
+
+def _rnn_setup(ctx, inputs, output):
+    input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse, relu = inputs
+    ctx.save_for_backward(input, output[0], w_ih, w_hh, h0, reset)
+    ctx.flags, ctx.has_bias = (reverse, relu), (b_ih is not None, b_hh is not None)
+
+
+def _rnn_backward(ctx, grad_output, grad_h_n):
+    input, output, w_ih, w_hh, h0, reset = ctx.saved_tensors
+    grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, _ = torch.ops.tbptt_ext.rnn_chunk_backward(
+        _zeros_if_none(grad_output, output), _zeros_if_none(grad_h_n, h0), input, output, w_ih, w_hh, h0, reset,
+        *ctx.flags, ctx.needs_input_grad[0], False)
+    return (_input_grad_or_none(grad_input, ctx), grad_w_ih, grad_w_hh,
+            *_bias_grads(grad_bias, ctx.has_bias), grad_h0, None, None, None)
+
+
+def _lstm_setup(ctx, inputs, output):
+    input, w_ih, w_hh, b_ih, b_hh, h0, c0, reset, reverse, w_hr = inputs
+    ctx.mark_non_differentiable(output[3])  # saved: the activations the backward reads
+    ctx.save_for_backward(input, output[0], output[3], w_ih, w_hh, h0, c0, reset, w_hr)
+    ctx.reverse, ctx.has_bias = reverse, (b_ih is not None, b_hh is not None)
+
+
+def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_saved):
+    input, output, saved, w_ih, w_hh, h0, c0, reset, w_hr = ctx.saved_tensors
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, _, grad_w_hr = (
+        torch.ops.tbptt_ext.lstm_chunk_backward(
+            _zeros_if_none(grad_output, output), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0), input,
+            output, saved, w_ih, w_hh, h0, c0, reset, ctx.reverse, ctx.needs_input_grad[0], False, w_hr))
+    return (_input_grad_or_none(grad_input, ctx), grad_w_ih, grad_w_hh,
+            *_bias_grads(grad_bias, ctx.has_bias), grad_h0, grad_c0, None, None,
+            grad_w_hr if w_hr is not None else None)
+
+
+def _gru_setup(ctx, inputs, output):
+    input, w_ih, w_hh, b_ih, b_hh, h0, reset, reverse = inputs
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(input, output[0], output[2], w_ih, w_hh, h0, reset)
+    ctx.reverse, ctx.has_bias = reverse, (b_ih is not None, b_hh is not None)
+
+
+def _gru_backward(ctx, grad_output, grad_h_n, _grad_saved):
+    input, output, saved, w_ih, w_hh, h0, reset = ctx.saved_tensors
+    grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, _ = torch.ops.tbptt_ext.gru_chunk_backward(
+        _zeros_if_none(grad_output, output), _zeros_if_none(grad_h_n, h0), input, output, saved, w_ih, w_hh, h0,
+        reset, ctx.reverse, ctx.needs_input_grad[0], False)
+    has_ih, has_hh = ctx.has_bias
+    return (_input_grad_or_none(grad_input, ctx), grad_w_ih, grad_w_hh, grad_b_ih if has_ih else None,
+            grad_b_hh if has_hh else None, grad_h0, None, None)
+
+
+def _no_second_derivative(name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"tbptt_ext::{name} has no derivative of its own: differentiate through tbptt_ext's modules or chunk "
+            "Functions for second-order gradients (they recompute through the reference under create_graph=True)"
+        )
+
+    return backward
+
+
+if EXTENSION_ERROR is None:
+    for _cell, _setup, _backward in (("rnn", _rnn_setup, _rnn_backward), ("lstm", _lstm_setup, _lstm_backward),
+                                     ("gru", _gru_setup, _gru_backward)):
+        torch.library.register_autograd(f"tbptt_ext::{_cell}_chunk_forward", _backward, setup_context=_setup)
+        torch.library.register_autograd(f"tbptt_ext::{_cell}_chunk_backward",
+                                        _no_second_derivative(f"{_cell}_chunk_backward"),
+                                        setup_context=lambda ctx, inputs, output: None)

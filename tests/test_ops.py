@@ -446,3 +446,67 @@ def test_fake_kernels_check_their_arguments(cell):
         call(x, w_ih, w_hh, h0, torch.zeros(T, B, dtype=torch.bool, device="meta"), device="cpu")
     with pytest.raises(RuntimeError, match=r"h0 must be on meta \(the device of input\), got cpu"):
         call(x.to("meta"), w_ih, w_hh, h0, device="cpu")
+
+
+def _raw_op_args(cell, T=3, B=2, I=3, H=4, P=0, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    width = P or H
+
+    def rand(*shape):
+        return (torch.randn(*shape, dtype=torch.float64, generator=g) * 0.5).requires_grad_()
+
+    x, w_ih, w_hh = rand(T, B, I), rand(G * H, I), rand(G * H, width)
+    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
+    h0 = rand(B, width)
+    reset = torch.rand(T, B, generator=g) < 0.3
+    if cell == "rnn":
+        return (x, w_ih, w_hh, b_ih, b_hh, h0, reset), (True, False)  # reverse, relu
+    if cell == "gru":
+        return (x, w_ih, w_hh, b_ih, b_hh, h0, reset), (True,)
+    return (x, w_ih, w_hh, b_ih, b_hh, h0, rand(B, H), reset), (True, rand(P, H) if P else None)
+
+
+@pytest.mark.parametrize("cell,P,bias", [("rnn", 0, True), ("rnn", 0, False), ("lstm", 0, True), ("lstm", 2, False),
+                                         ("gru", 0, True)])
+def test_forward_ops_called_directly_are_differentiable(cell, P, bias):
+    """The forward ops' autograd formula (their backward op) against finite differences:
+    a graph that calls them directly (torch.export of a module) gets gradients, where
+    they were None with only a warning."""
+    fwd = getattr(torch.ops.tbptt_ext, f"{cell}_chunk_forward")
+    tensors, tail = _raw_op_args(cell, P=P, bias=bias)
+    inputs = [t for t in (*tensors, *tail) if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def f(*args):
+        it = iter(args)
+        full = [next(it) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in (*tensors, *tail)]
+        outputs = fwd(*full)
+        return outputs[:3] if cell == "lstm" else outputs[:2]  # not the saved activations
+
+    assert torch.autograd.gradcheck(f, inputs)
+    outputs = fwd(*tensors, *tail)
+    if cell != "rnn":
+        assert not outputs[-1].requires_grad  # the saved activations
+    with pytest.raises(RuntimeError, match="has no derivative of its own"):
+        grads = torch.autograd.grad(outputs[0].pow(2).sum(), inputs, create_graph=True)
+        torch.autograd.grad(sum(g.sum() for g in grads), inputs)
+
+
+@requires_fused_cpu
+@pytest.mark.filterwarnings("ignore:The tensor attributes self._flat_weights")  # torch.nn's modules warn alike
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_exported_module_gradients(name):
+    torch.manual_seed(0)
+    module = getattr(tbptt_ext, name)(3, 5, num_layers=2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    exported = torch.export.export(module, (x,)).module()
+    results = []
+    for m in (module, exported):
+        xi = x.clone().requires_grad_()
+        out, state = m(xi)
+        (out.pow(2).sum() + (state[0] if name == "LSTM" else state).sum()).backward()
+        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in m.parameters()])
+        m.zero_grad()
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
