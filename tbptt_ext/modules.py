@@ -116,9 +116,7 @@ class _ChunkedRNNBase(nn.RNNBase):
 
     # ----------------------------------------------------------------- forward
     def forward(self, input, hx=None, *, reset=None):
-        # as torch.nn: the parameters as they are now (assigned, parametrized, or swapped in
-        # by torch.func.functional_call), for the checks and the layers alike
-        self._update_flat_weights()
+        self._refresh_flat_weights()
         inp = self._normalize_input(input)
         hx = self._initial_state(inp, hx)
         states = tuple(hx) if self._has_cell_state else (hx,)
@@ -136,6 +134,17 @@ class _ChunkedRNNBase(nn.RNNBase):
         fused = self._use_fused(inp.x)
         output, final = self._run_layers(inp, states, reset, fused, dtype)
         return self._restore_output(inp, output, final)
+
+    def _refresh_flat_weights(self) -> None:
+        """As torch.nn's forward: _flat_weights as the parameters are now (assigned,
+        parametrized, or swapped in by torch.func.functional_call), for the checks and the
+        layers alike. When they are the module's own parameters, unchanged, a check of
+        identities (~1 us) instead of torch.nn's (~11 us for one layer)."""
+        params, flat = self._parameters, self._flat_weights
+        if len(flat) == len(self._flat_weights_names) and all(
+                w is not None and params.get(n) is w for n, w in zip(self._flat_weights_names, flat)):
+            return
+        self._update_flat_weights()
 
     def _autocast_dtype(self, x: Tensor) -> torch.dtype | None:
         """Under torch.autocast for x's device, the dtype the layers run in: the autocast
