@@ -107,8 +107,12 @@ def test_probe_command_trains_then_probes_and_loads_a_saved_model(tmp_path, caps
     (["--bptt", "-1"], "--bptt must be positive, got -1"),
     (["--max-chars", "-100"], "--max-chars must be positive, got -100"),
     (["--sample-chars", "-3"], "--sample-chars must be at least 0, got -3"),
-    (["--lr", "0"], "--lr must be a positive number, got 0.0"),
-    (["--clip", "-1"], "--clip must be a positive number, got -1.0"),
+    (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--clip", "-1"], "--clip must be a positive finite number, got -1.0"),
+    (["--dist-timeout", "inf"], "--dist-timeout must be a positive finite number, got inf"),
+    (["--seed", str(2**64)], f"--seed must be in [0, 2**63), got {2**64}"),
+    (["--text", "/dev/null"], "--text /dev/null: not a regular file"),
     (["--device", "foo"], "--device 'foo' is not a device torch knows"),
     (["--text", "/nonexistent/corpus.txt"], "--text /nonexistent/corpus.txt: no such file"),
     (["--device", "meta"], "--device meta: runs on cpu or cuda"),
@@ -196,3 +200,47 @@ def test_usage_error_printed_by_rank_zero_only(monkeypatch, capsys):
     assert exit_info.value.code == 2 and capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "0")
     assert_usage_error(char_lm.parse_args, ["--batch", "0"], "--batch must be positive, got 0", capsys)
+
+
+def test_sample_is_printable_and_follows_the_seed():
+    import tbptt_ext
+
+    torch.manual_seed(0)
+    model = char_lm.CharLM(tbptt_ext.LSTM, embed=8, hidden=16)  # untrained: any byte may come out
+    samples = [char_lm.sample(model, b"def ", 400, 1.5, "cpu", seed) for seed in (0, 0, 1)]
+    assert samples[0] == samples[1] and samples[0] != samples[2]
+    for text in samples:
+        assert all(c.isprintable() or c in "\n\t" for c in text)
+    assert char_lm.printable("a\x1b[2Jb\n\tc\x07\x00") == "a\\x1b[2Jb\n\tc\\x07\\x00"
+
+
+def test_diverged_training_is_a_clear_error():
+    with pytest.raises(SystemExit, match="training diverged.*try a smaller --lr"):
+        char_lm.run([*TINY, "--lr", "1e30"])
+
+
+def test_compare_saves_the_tbptt_ext_model_only(tmp_path):
+    # with --compare both training processes ran train() and both saved, torch.nn's last
+    args = char_lm.parse_args([*TINY, "--sample-chars", "0", "--save", str(tmp_path / "m.pt"), "--compare"])
+    char_lm.train(args, "torch.nn.LSTM", quiet=True)
+    assert not (tmp_path / "m.pt").exists()
+    char_lm.train(args, "tbptt_ext.LSTM", quiet=True)
+    assert (tmp_path / "m.pt").exists()
+
+
+def test_file_errors_are_printed_by_each_machine(monkeypatch, capsys):
+    # a text file missing on one machine of a multi-node launch: that machine's first
+    # process says so (it exited silently, and rank 0 blamed the rendezvous)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert_usage_error(char_lm.parse_args, ["--text", "/nonexistent/corpus.txt"],
+                       "error (node 1): --text /nonexistent/corpus.txt: no such file", capsys)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's other processes stay quiet
+    with pytest.raises(SystemExit) as exit_info:
+        char_lm.parse_args(["--text", "/nonexistent/corpus.txt"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == ""
+    # --save is written by rank 0 alone: the other ranks do not check its folder
+    char_lm.parse_args(["--save", "/nonexistent/folder/model.pt", "--device", "cpu"])

@@ -95,6 +95,51 @@ def test_main_job_under_torchrun():
     assert "over 2 processes" in out.stdout
 
 
+@pytest.mark.skipif(shutil.which("torchrun") is None or shutil.which("tbptt-char-lm") is None,
+                    reason="needs torchrun and the installed tbptt-char-lm command")
+def test_rank_zero_alone_samples_past_the_dist_timeout():
+    # the sample (here ~15 s) comes after the processes left the group: --dist-timeout
+    # (8 s) bounds the collectives, not rank 0's work alone (the other rank's teardown
+    # barrier timed out and torchrun killed the job, printing nothing)
+    out = run_command(["torchrun", "--nproc_per_node=2", f"--master_port={free_port()}", "--no-python",
+                       "tbptt-char-lm", *TINY[:-4], "--sample-chars", "40000", "--dist-timeout", "8", "--device", "cpu"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("held-out bpc") == 1 and "\nsample:\n" in out.stdout
+
+
+FAILING_RANK = """
+import sys
+from tbptt_ext.examples import char_lm
+loss, calls = char_lm.cross_entropy, []
+def failing(*args):
+    calls.append(1)
+    if len(calls) == 20:  # mid-training: the other rank waits in DDP's gradient all-reduce
+        raise RuntimeError("simulated failure on rank 0")
+    return loss(*args)
+if char_lm.os.environ["RANK"] == "0":
+    char_lm.cross_entropy = failing
+char_lm.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
+def test_an_error_on_one_rank_ends_the_job_without_waiting_for_the_timeout(tmp_path):
+    # rank 0 fails mid-training while rank 1 waits in a collective: the job must end as soon
+    # as torchrun sees the failure, not after --dist-timeout (rank 0 sat in a teardown
+    # barrier that did not match the other rank's collective, then both printed timeout
+    # tracebacks)
+    import time
+
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    started = time.perf_counter()
+    out = run_command(["torchrun", "--nproc_per_node=2", f"--master_port={free_port()}", str(script),
+                       *TINY, "--dist-timeout", "300"], timeout=280)
+    assert out.returncode != 0 and "simulated failure on rank 0" in out.stderr
+    assert time.perf_counter() - started < 150  # training takes seconds; the timeout would be 300 s
+    assert "Timed out" not in out.stderr
+
+
 def test_batch_not_divisible_by_world_size_is_a_clear_error():
     env = dict(WORLD_SIZE="3", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     out = run_command([sys.executable, "-m", "tbptt_ext.examples.char_lm", *TINY], env=env, timeout=60)

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import resource
+import sys
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -104,14 +105,33 @@ def launched_as_other_rank() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
+def node_label() -> str:
+    """'' on one machine; ' (node N)' for a process of a torchrun launch over several nodes."""
+    nodes_differ = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) != os.environ.get(
+        "WORLD_SIZE", "1")
+    return f" (node {os.environ.get('GROUP_RANK', '?')})" if nodes_differ else ""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """Under torchrun every process parses the same arguments: only rank 0 prints a usage
-    error (the others exit with the same code, silently)."""
+    error or the help (the others exit with the same code, silently). Errors about files,
+    which may differ from machine to machine, are printed by each machine's first process
+    (node_error)."""
 
     def error(self, message):
         if launched_as_other_rank():
             raise SystemExit(2)
         super().error(message)
+
+    def node_error(self, message):
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            raise SystemExit(2)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error{node_label()}: {message}\n")
+
+    def print_help(self, file=None):
+        if not launched_as_other_rank():
+            super().print_help(file)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -159,8 +179,13 @@ def check_output_file(p: argparse.ArgumentParser, option: str, path: str | None)
 
 
 def check_text_file(p: argparse.ArgumentParser, option: str, path: str | None) -> None:
-    if path is not None and not Path(path).is_file():
-        p.error(f"{option} {path}: " + ("is a directory, not a file" if Path(path).is_dir() else "no such file"))
+    """Every process reads the text: each machine checks its own copy (node_error)."""
+    if path is None or Path(path).is_file():
+        return
+    error = p.node_error if isinstance(p, ArgumentParser) else p.error
+    target = Path(path)
+    error(f"{option} {path}: " + ("is a directory, not a file" if target.is_dir() else
+                                  "not a regular file" if target.exists() else "no such file"))
 
 
 def batchify(data: torch.Tensor, batch: int) -> torch.Tensor:
@@ -205,21 +230,31 @@ def evaluate_bpc(model, data: torch.Tensor, k: int, resets: torch.Tensor | None 
 
 
 @torch.no_grad()
-def sample(model, prompt: bytes, length: int, temperature: float, device) -> str:
+def sample(model, prompt: bytes, length: int, temperature: float, device, seed: int = 0) -> str:
     model.eval()
     x = torch.tensor(list(prompt), dtype=torch.long, device=device).unsqueeze(1)
     logits, state = model(x, None)
     out = bytearray(prompt)
     next_logits = logits[-1, 0]
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     for _ in range(length):
         probs = torch.softmax(next_logits.float().cpu() / temperature, -1)
+        if not torch.isfinite(probs).all():
+            raise SystemExit("the trained model's predictions are not finite numbers, so there is no sample: "
+                             "training diverged; try a smaller --lr")
         byte = int(torch.multinomial(probs, 1, generator=generator))
         out.append(byte)
         logits, state = model(torch.tensor([[byte]], device=device), state)
         next_logits = logits[-1, 0]
     model.train()
-    return out.decode("utf-8", errors="replace")
+    return printable(out.decode("utf-8", errors="replace"))
+
+
+def printable(text: str) -> str:
+    """Control characters (an undertrained model emits ESC, BEL, NUL...) escaped, so that
+    the sample cannot drive the terminal; newlines and tabs kept."""
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def peak_rss_mib() -> float:
@@ -235,6 +270,17 @@ class Distributed:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    def leave(self) -> None:
+        """Every process together, after the last collective: a barrier, then the group
+        ends (a rank leaving while another still talks to the group was seen to abort in
+        gloo's teardown, "terminate called without an active exception", once in CI). What
+        rank 0 does afterwards alone (saving, sampling) is then not bound by
+        --dist-timeout. Not on the way out of an error: a failing process exits at once and
+        torchrun ends the others, instead of the others waiting out the timeout."""
+        if self.active and torch_distributed.is_initialized():
+            torch_distributed.barrier()
+            torch_distributed.destroy_process_group()
 
 
 def setup_distributed(args) -> Distributed:
@@ -266,7 +312,12 @@ def setup_distributed(args) -> Distributed:
             "Start all of them with torchrun (--nproc_per_node / --nnodes) or raise --dist-timeout."
         ) from exc
     if args.device.startswith("cuda"):
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"process {local_rank} of this machine{node_label()} has no GPU of its own: the machine "
+                             f"has {torch.cuda.device_count()} CUDA GPU(s); start at most that many processes per "
+                             "machine (--nproc_per_node), or train on the CPU (--device cpu)")
+        args.device = f"cuda:{local_rank}"
         torch.cuda.set_device(args.device)
     return Distributed(torch_distributed.get_rank(), world)
 
@@ -305,11 +356,14 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
             from tqdm.auto import tqdm
 
             bar = tqdm(total=(train_data.shape[0] - 1 + args.bptt - 1) // args.bptt, unit="chunk", dynamic_ncols=True,
-                       desc=rnn_name)
+                       desc=rnn_name + (f" (bpc of rank 0's {share} streams)" if dist.active else ""))
         except ImportError:
             print("(pip install tqdm for a progress bar)")
 
     def report(update: tbptt_ext.TBPTTUpdate):
+        if not math.isfinite(update.loss):
+            raise SystemExit(f"training diverged: the loss is {update.loss} at update {update.update} "
+                             f"(--lr {args.lr}, --clip {args.clip}); try a smaller --lr")
         bpc = update.loss * BITS_PER_NAT
         if bar is not None:
             bar.update(1)
@@ -331,9 +385,6 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
-    if args.save and dist.rank == 0:
-        saved_args = dict(vars(args), text=str(Path(args.text).resolve()) if args.text else None)
-        torch.save({"model": model.state_dict(), "args": saved_args}, args.save)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else peak_rss_mib())
     tail = result.losses[-max(1, len(result.losses) // 20):]
@@ -342,7 +393,14 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
         total = torch.tensor([tail_loss], dtype=torch.float64, device=device)  # (NCCL: device tensors only)
         torch_distributed.all_reduce(total)
         tail_loss = total.item() / dist.world
-    # Every rank evaluates (the same held-out data: the ranks stay in step); rank 0 samples.
+    # Every rank evaluates (the same held-out data: the ranks stay in step); then the
+    # processes leave the group together, and rank 0 alone saves and samples.
+    valid_bpc = evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None)
+    dist.leave()
+    # with --compare the tbptt_ext model is the one saved
+    if args.save and dist.rank == 0 and rnn_name == "tbptt_ext.LSTM":
+        saved_args = dict(vars(args), text=str(Path(args.text).resolve()) if args.text else None)
+        torch.save({"model": model.state_dict(), "args": saved_args}, args.save)
     return {
         "model": rnn_name,
         "processes": dist.world,
@@ -352,9 +410,10 @@ def train(args, rnn_name: str, quiet: bool = False, dist: Distributed | None = N
         "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "final_train_bpc": tail_loss * BITS_PER_NAT,
-        "valid_bpc": evaluate_bpc(model, valid_data, args.bptt, valid_starts if args.file_resets else None),
+        "valid_bpc": valid_bpc,
         "updates": len(result.losses),
-        "sample": sample(model, prompt, args.sample_chars, 0.8, device) if args.sample_chars and dist.rank == 0 else "",
+        "sample": (sample(model, prompt, args.sample_chars, 0.8, device, args.seed)
+                   if args.sample_chars and dist.rank == 0 else ""),
         "parameters": [p.detach().cpu() for p in model.parameters()],
     }
 
@@ -404,7 +463,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to train")
     p.add_argument("--no-file-resets", dest="file_resets", action="store_false",
                    help="carry the state across source-file boundaries instead of restarting it there")
-    p.add_argument("--save", help="save the trained model here (for tbptt-probe --load)")
+    p.add_argument("--save", help="save the trained model here (for tbptt-probe --load; with --compare the "
+                   "tbptt_ext.LSTM model)")
     p.add_argument("--compare", action="store_true",
                    help="also train torch.nn.LSTM and compare (both without file resets: torch.nn has none)")
     p.add_argument("--dist-timeout", type=float, default=60.0,
@@ -414,11 +474,14 @@ def parse_args(argv=None):
     check_positive(p, args, "sample-chars", zero_ok=True)
     for name in ("lr", "clip", "dist-timeout"):
         value = getattr(args, name.replace("-", "_"))
-        if not value > 0:
-            p.error(f"--{name} must be a positive number, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            p.error(f"--{name} must be a positive finite number, got {value}")
+    if not 0 <= args.seed < 2**63:
+        p.error(f"--seed must be in [0, 2**63), got {args.seed}")
     check_device(p, args.device)
     check_text_file(p, "--text", args.text)
-    check_output_file(p, "--save", args.save)
+    if not launched_as_other_rank():  # rank 0 alone writes it
+        check_output_file(p, "--save", args.save)
     if args.compare:
         args.file_resets = False
     return args
@@ -441,37 +504,42 @@ def run(argv=None):
     args = parse_args(argv)
     dist = setup_distributed(args)
     try:
+        return _run(args, dist)
+    except SystemExit as exc:
+        # a message every process finds alike (e.g. too little text): printed by rank 0 only
+        if dist.active and dist.rank != 0 and isinstance(exc.code, str):
+            raise SystemExit(1) from None
+        raise
+
+
+def _run(args, dist: Distributed):
+    if dist.rank == 0:
+        where = f"{dist.world} processes" if dist.active else f"{torch.get_num_threads()} threads"
+        print(f"tbptt_ext {tbptt_ext.__version__} on {args.device} "
+              f"(compiled backends: {sorted(tbptt_ext.compiled_backends()) or 'none'}), torch {torch.__version__}, "
+              f"{where}")
+        print(f"corpus: {args.text or 'Python standard library source'}, {args.max_chars:,} bytes max; "
+              f"batch {args.batch} x bptt {args.bptt}, LSTM {args.layers}x{args.hidden}; state "
+              + ("carried throughout (one file)" if args.text else
+                 "restarted at each file boundary" if args.file_resets else "carried across file boundaries"))
+    if not args.compare:
+        r = train(args, "tbptt_ext.LSTM", dist=dist)
         if dist.rank == 0:
-            where = f"{dist.world} processes" if dist.active else f"{torch.get_num_threads()} threads"
-            print(f"tbptt_ext {tbptt_ext.__version__} on {args.device} "
-                  f"(compiled backends: {sorted(tbptt_ext.compiled_backends()) or 'none'}), torch {torch.__version__}, "
-                  f"{where}")
-            print(f"corpus: {args.text or 'Python standard library source'}, {args.max_chars:,} bytes max; "
-                  f"batch {args.batch} x bptt {args.bptt}, LSTM {args.layers}x{args.hidden}; state "
-                  + ("carried throughout (one file)" if args.text else
-                     "restarted at each file boundary" if args.file_resets else "carried across file boundaries"))
-        if not args.compare:
-            r = train(args, "tbptt_ext.LSTM", dist=dist)
-            if dist.rank == 0:
-                print(f"\ntrained {r['updates']} updates in {r['seconds']:.1f} s, {r['chars_per_second']:,.0f} chars/s"
-                      + (f" over {dist.world} processes" if dist.active else ""))
-                print(f"train bpc (last 5%): {r['final_train_bpc']:.3f}   held-out bpc: {r['valid_bpc']:.3f}")
-                if r["sample"]:
-                    print("\nsample:\n" + r["sample"])
-            return r
-        check_corpus_size(args, len(load_corpus(args.text, args.max_chars).data))  # here, before the processes
-        results = [train_isolated(args, name) for name in ("tbptt_ext.LSTM", "torch.nn.LSTM")]
-        print("\n" + comparison_table(results))
-        if results[0]["sample"]:
-            print("\nsample (tbptt_ext.LSTM):\n" + results[0]["sample"])
-        return results
-    finally:
-        if dist.active:
-            # Tear down together: a rank leaving while another still talks to the group
-            # was seen to abort in gloo's teardown ("terminate called without an active
-            # exception") once in CI.
-            torch_distributed.barrier()
-            torch_distributed.destroy_process_group()
+            print(f"\ntrained {r['updates']} updates in {r['seconds']:.1f} s, {r['chars_per_second']:,.0f} chars/s"
+                  + (f" over {dist.world} processes" if dist.active else ""))
+            print(f"train bpc (last 5%): {r['final_train_bpc']:.3f}   held-out bpc: {r['valid_bpc']:.3f}")
+            if r["sample"]:
+                print("\nsample:\n" + r["sample"])
+        return r
+    check_corpus_size(args, len(load_corpus(args.text, args.max_chars).data))  # here, before the processes
+    results = []
+    for name in ("tbptt_ext.LSTM", "torch.nn.LSTM"):
+        print(f"training {name} in its own process ...", flush=True)
+        results.append(train_isolated(args, name))
+    print("\n" + comparison_table(results))
+    if results[0]["sample"]:
+        print("\nsample (tbptt_ext.LSTM):\n" + results[0]["sample"])
+    return results
 
 
 def main(argv=None) -> None:
