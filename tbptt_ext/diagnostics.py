@@ -314,4 +314,5 @@ def _cosine(a: Tensor, b: Tensor) -> float:
     denominator = a.norm() * b.norm()
     if denominator == 0:
         return 0.0
-    return min(1.0, max(-1.0, (a @ b / denominator).item()))
+    cosine = (a @ b / denominator).item()
+    return cosine if math.isnan(cosine) else min(1.0, max(-1.0, cosine))  # NaN gradients: NaN

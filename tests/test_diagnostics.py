@@ -2,6 +2,7 @@
 and the truncation-bias probe against an independent computation."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -352,6 +353,10 @@ def test_truncation_bias_of_a_gradient_lost_entirely():
     for name, values in result.per_parameter.items():
         assert values["cosine"][0] == 0.0 and values["cosine"][2] == 1.0, name
         assert all(-1.0 <= c <= 1.0 for c in values["cosine"]), name
+    # a NaN gradient gives a NaN cosine (not the clamp's -1)
+    model.rnn.weight_hh_l0.data[0, 0] = float("nan")
+    result = truncation_bias(model, x, y, nn.functional.mse_loss, ks=[2])
+    assert math.isnan(result.cosine[0]) and result.suggest(threshold=-1.0) is None
 
 
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
